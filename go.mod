@@ -6,6 +6,7 @@ require (
 	filippo.io/bigmod v0.1.0 // indirect
 	filippo.io/nistec v0.0.4 // indirect
 	github.com/ThalesIgnite/crypto11 v1.2.5 // indirect
+	github.com/bwesterb/go-ristretto v1.2.4 // indirect
 	github.com/chromedp/cdproto v0.159.0 // indirect
 	github.com/chromedp/chromedp v0.23.0 // indirect
 	github.com/cloudflare/circl v1.6.5 // indirect

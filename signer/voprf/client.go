@@ -1,0 +1,165 @@
+package voprf
+
+import (
+	"crypto/subtle"
+	"io"
+	"math/big"
+
+	"filippo.io/bigmod"
+	"filippo.io/nistec"
+
+	"github.com/pstd/pstd/internal/pstderr"
+)
+
+// Client is the browser's half of PST v1 VOPRF, for tests, the load tool and
+// pstctl: it blinds nonces, verifies the issuer's batched proof, unblinds
+// tokens and builds redemption requests.
+type Client struct {
+	pub  *PublicKey
+	seed [48]byte
+}
+
+// NewClient returns a client for the issuer key pub.
+func NewClient(pub *PublicKey) *Client {
+	return &Client{pub: pub, seed: seedHash(pub.comp[:])}
+}
+
+// Pending is a client's state between sending an issue request and reading
+// the response. It holds the blinds, which are secret.
+type Pending struct {
+	nonces  [][NonceSize]byte
+	blinds  [][ScalarSize]byte
+	blinded [][]byte
+	points  []*nistec.P384Point
+}
+
+// Request returns the issue request for p.
+func (p *Pending) Request() []byte { return MarshalIssueRequest(p.blinded) }
+
+// Wipe clears the blinds.
+func (p *Pending) Wipe() {
+	for i := range p.blinds {
+		wipe(p.blinds[i][:])
+	}
+}
+
+// Blind draws count random nonces and blinds them: B_i = b_i·HashToGroup(nonce_i).
+func (c *Client) Blind(count int, rand io.Reader) (*Pending, error) {
+	if count < 1 || count > MaxBatchSize {
+		return nil, pstderr.New(pstderr.BadCount, "count must be in [1, %d]", MaxBatchSize)
+	}
+	p := &Pending{
+		nonces:  make([][NonceSize]byte, count),
+		blinds:  make([][ScalarSize]byte, count),
+		blinded: make([][]byte, count),
+		points:  make([]*nistec.P384Point, count),
+	}
+	for i := range count {
+		if _, err := io.ReadFull(rand, p.nonces[i][:]); err != nil {
+			return nil, pstderr.Wrap(pstderr.Internal, err, "drawing a nonce failed")
+		}
+		b, err := randomScalar(rand)
+		if err != nil {
+			return nil, pstderr.Wrap(pstderr.Internal, err, "drawing a blind failed")
+		}
+		p.blinds[i] = b
+		h := hashToGroup(p.nonces[i][:])
+		bp, err := nistec.NewP384Point().ScalarMult(h, b[:])
+		if err != nil {
+			return nil, pstderr.Wrap(pstderr.Internal, err, "blinding failed")
+		}
+		p.points[i] = bp
+		p.blinded[i] = bp.Bytes()
+	}
+	return p, nil
+}
+
+var nMinus2 = new(big.Int).Sub(orderBig, big.NewInt(2)).FillBytes(make([]byte, ScalarSize))
+
+// Finish parses the issue response, verifies its DLEQ proof against the
+// client's key and the blinded elements it covers, and unblinds the tokens.
+// The issuer may have issued fewer tokens than requested.
+func (c *Client) Finish(p *Pending, response []byte) ([]Token, error) {
+	resp, err := ParseIssueResponse(response)
+	if err != nil {
+		return nil, err
+	}
+	if resp.KeyID != c.pub.KeyID {
+		return nil, pstderr.New(pstderr.UnknownKey, "response names key %d, expected %d", resp.KeyID, c.pub.KeyID)
+	}
+	n := len(resp.Evaluated)
+	if n > len(p.blinded) {
+		return nil, pstderr.New(pstderr.BadCount, "issuer returned %d tokens for %d requested", n, len(p.blinded))
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	if err := c.verifyProof(p.blinded[:n], p.points[:n], resp); err != nil {
+		return nil, err
+	}
+	tokens := make([]Token, n)
+	for i := range n {
+		b, err := bigmod.NewNat().SetBytes(p.blinds[i][:], orderN)
+		if err != nil {
+			return nil, pstderr.Wrap(pstderr.Internal, err, "blind out of range")
+		}
+		inv := bigmod.NewNat().Exp(b, nMinus2, orderN).Bytes(orderN) // b^-1, constant time
+		w, err := nistec.NewP384Point().ScalarMult(resp.points[i], inv)
+		wipe(inv)
+		if err != nil {
+			return nil, pstderr.Wrap(pstderr.Internal, err, "unblinding failed")
+		}
+		tokens[i].KeyID = resp.KeyID
+		tokens[i].Nonce = p.nonces[i]
+		copy(tokens[i].W[:], w.Bytes())
+	}
+	return tokens, nil
+}
+
+// verifyProof checks the batched DLEQ proof of resp over the blinded elements
+// (everything here is public, so it uses the variable-time msm).
+func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp *IssueResponse) error {
+	n := len(blinded)
+	d := make([][ScalarSize]byte, n)
+	var bComp, zComp [CompressedSize]byte
+	var buf []byte
+	for i := range n {
+		compressFromUncompressed(&bComp, blinded[i])
+		compressFromUncompressed(&zComp, resp.Evaluated[i])
+		d[i], buf = compositeWeight(buf, c.seed[:], i, bComp[:], zComp[:])
+	}
+	m := msm(nistec.NewP384Point(), d, bPoints)
+	z := msm(nistec.NewP384Point(), d, resp.points)
+
+	var cs, ss [ScalarSize]byte
+	copy(cs[:], resp.Proof[:ScalarSize])
+	copy(ss[:], resp.Proof[ScalarSize:])
+	if _, err := bigmod.NewNat().SetBytes(cs[:], orderN); err != nil {
+		return pstderr.New(pstderr.BadProof, "proof challenge out of range")
+	}
+	if _, err := bigmod.NewNat().SetBytes(ss[:], orderN); err != nil {
+		return pstderr.New(pstderr.BadProof, "proof response out of range")
+	}
+	g := nistec.NewP384Point().SetGenerator()
+	sc := [][ScalarSize]byte{ss, cs}
+	t2 := msm(nistec.NewP384Point(), sc, []*nistec.P384Point{g, c.pub.point})
+	t3 := msm(nistec.NewP384Point(), sc, []*nistec.P384Point{m, z})
+	var comps [4][CompressedSize]byte
+	for i, pt := range []*nistec.P384Point{m, z, t2, t3} {
+		b := pt.Bytes()
+		if len(b) != ElementSize {
+			return pstderr.New(pstderr.BadProof, "proof does not verify")
+		}
+		compressFromUncompressed(&comps[i], b)
+	}
+	want := challenge(c.pub.comp[:], comps[0][:], comps[1][:], comps[2][:], comps[3][:])
+	if subtle.ConstantTimeCompare(want[:], cs[:]) != 1 {
+		return pstderr.New(pstderr.BadProof, "proof does not verify")
+	}
+	return nil
+}
+
+// RedeemRequest builds the redemption request for token t with clientData.
+func (c *Client) RedeemRequest(t *Token, clientData []byte) ([]byte, error) {
+	return MarshalRedeemRequest(t, clientData)
+}

@@ -1,0 +1,183 @@
+package voprf
+
+import (
+	"crypto/subtle"
+	"encoding/binary"
+	"io"
+	"runtime"
+	"sync"
+
+	"filippo.io/bigmod"
+	"filippo.io/nistec"
+
+	"github.com/pstd/pstd/internal/pstderr"
+)
+
+// parallelThreshold is the batch size from which the per-element
+// multiplications Z_i = k·B_i are spread over the available cores. Below it
+// the goroutine hand-off costs more than it saves, and a busy server already
+// keeps every core busy with concurrent requests.
+const parallelThreshold = 16
+
+var errWiped = pstderr.New(pstderr.Unavailable, "issuer key has been wiped")
+
+// Issue runs BlindEvaluateBatch over the first min(count, max) blinded
+// elements of req and returns the issue response
+// u16(issued) || u32(key_id) || Z_i… || u16(96) || c || s
+// together with the number of tokens issued. The DLEQ proof's nonce r is drawn
+// from rand. max must be at least 1.
+func (sk *PrivateKey) Issue(req *IssueRequest, max int, rand io.Reader) ([]byte, int, error) {
+	r, err := randomScalar(rand)
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "drawing the proof nonce failed")
+	}
+	defer wipe(r[:])
+	return sk.issue(req, max, &r)
+}
+
+func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]byte, int, error) {
+	if sk.wiped {
+		return nil, 0, errWiped
+	}
+	if max < 1 {
+		return nil, 0, pstderr.New(pstderr.BadCount, "nothing may be issued")
+	}
+	n := min(req.Count(), max)
+
+	out := make([]byte, 2+4+n*ElementSize+2+ProofSize)
+	binary.BigEndian.PutUint16(out, uint16(n))
+	binary.BigEndian.PutUint32(out[2:], sk.pub.KeyID)
+	zs := out[6 : 6+n*ElementSize]
+
+	// Z_i = k·B_i, constant time in k.
+	evaluate := func(i int) {
+		z := nistec.NewP384Point()
+		if _, err := z.ScalarMult(req.points[i], sk.k[:]); err != nil {
+			panic("voprf: nistec ScalarMult failed")
+		}
+		// k ∈ [1, n-1] and B_i ≠ O in a prime-order group: Z_i ≠ O.
+		copy(zs[i*ElementSize:], z.Bytes())
+	}
+	if workers := runtime.GOMAXPROCS(0); n >= parallelThreshold && workers > 1 {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < n; i += workers {
+					evaluate(i)
+				}
+			})
+		}
+		wg.Wait()
+	} else {
+		for i := range n {
+			evaluate(i)
+		}
+	}
+
+	// Composite weights d_i over (B_i, Z_i), RFC 9497 ComputeCompositesFast.
+	d := make([][ScalarSize]byte, n)
+	var bComp, zComp [CompressedSize]byte
+	buf := make([]byte, 0, 2+48+2+2*(2+CompressedSize)+len("Composite"))
+	for i := range n {
+		compressFromUncompressed(&bComp, req.Blinded[i])
+		compressFromUncompressed(&zComp, zs[i*ElementSize:(i+1)*ElementSize])
+		d[i], buf = compositeWeight(buf, sk.seed[:], i, bComp[:], zComp[:])
+	}
+	m := msm(nistec.NewP384Point(), d, req.points[:n])
+
+	// Z = k·M; t2 = r·G; t3 = r·M — all constant time in the secrets k and r.
+	z, err := nistec.NewP384Point().ScalarMult(m, sk.k[:])
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+	}
+	t2, err := nistec.NewP384Point().ScalarBaseMult(r[:])
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+	}
+	t3, err := nistec.NewP384Point().ScalarMult(m, r[:])
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+	}
+	var comps [4][CompressedSize]byte
+	for i, p := range []*nistec.P384Point{m, z, t2, t3} {
+		b := p.Bytes()
+		if len(b) != ElementSize {
+			// M = O happens only if the hash outputs cancel: probability 2^-384.
+			return nil, 0, pstderr.New(pstderr.Internal, "degenerate proof element")
+		}
+		compressFromUncompressed(&comps[i], b)
+	}
+	c := challenge(sk.pub.comp[:], comps[0][:], comps[1][:], comps[2][:], comps[3][:])
+
+	// s = r − c·k mod n, constant time in k and r.
+	cN, err := bigmod.NewNat().SetBytes(c[:], orderN)
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "challenge out of range")
+	}
+	rN, err := bigmod.NewNat().SetBytes(r[:], orderN)
+	if err != nil {
+		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "proof nonce out of range")
+	}
+	cN.Mul(sk.kNat, orderN)
+	s := rN.Sub(cN, orderN).Bytes(orderN)
+	rN.SetUint(0)
+
+	off := 6 + n*ElementSize
+	binary.BigEndian.PutUint16(out[off:], ProofSize)
+	copy(out[off+2:], c[:])
+	copy(out[off+2+ScalarSize:], s)
+	wipe(s)
+	return out, n, nil
+}
+
+// Evaluate computes k·H(nonce), the W of a valid token for this key.
+func (sk *PrivateKey) evaluateNonce(nonce []byte) ([]byte, error) {
+	if sk.wiped {
+		return nil, errWiped
+	}
+	h := hashToGroup(nonce)
+	w, err := nistec.NewP384Point().ScalarMult(h, sk.k[:])
+	if err != nil {
+		return nil, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+	}
+	return w.Bytes(), nil
+}
+
+// VerifyToken checks W == k·HashToGroup(nonce) for a token of this key.
+// A token naming another key id is UnknownKey; a wrong W is InvalidToken.
+func (sk *PrivateKey) VerifyToken(t *Token) error {
+	if t.KeyID != sk.pub.KeyID {
+		return pstderr.New(pstderr.UnknownKey, "token key id does not match the key")
+	}
+	w, err := sk.evaluateNonce(t.Nonce[:])
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(w, t.W[:]) != 1 {
+		return pstderr.New(pstderr.InvalidToken, "token does not verify")
+	}
+	return nil
+}
+
+// KeySet finds issuer keys by key id for redemption.
+type KeySet interface {
+	Key(keyID uint32) (*PrivateKey, bool)
+}
+
+// Redeem parses a redemption request, finds the token's key in keys and
+// verifies the token. On success it returns the parsed request (key id,
+// nonce and the raw client data).
+func Redeem(keys KeySet, request []byte) (*RedeemRequest, error) {
+	req, err := ParseRedeemRequest(request)
+	if err != nil {
+		return nil, err
+	}
+	sk, ok := keys.Key(req.Token.KeyID)
+	if !ok {
+		return nil, pstderr.New(pstderr.UnknownKey, "token key id %d is not a key of this issuer", req.Token.KeyID)
+	}
+	if err := sk.VerifyToken(&req.Token); err != nil {
+		return nil, err
+	}
+	return req, nil
+}
