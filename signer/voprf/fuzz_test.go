@@ -1,0 +1,139 @@
+package voprf
+
+import (
+	"bytes"
+	"crypto/rand"
+	"testing"
+
+	"github.com/pstd/pstd/internal/pstderr"
+)
+
+// Every parser of untrusted bytes has a fuzz target seeded from the
+// BoringSSL vectors. Each asserts that a parse never panics, that every error
+// is typed (never Internal), and that what parses re-encodes to the input.
+
+func seedFromVectors(f *testing.F, pick func(v jsonlVector) [][]byte) {
+	for _, v := range loadJSONL(f) {
+		for _, b := range pick(v) {
+			f.Add(b)
+		}
+	}
+}
+
+func requireTyped(t *testing.T, err error) {
+	if err != nil && pstderr.KindOf(err) == pstderr.Internal {
+		t.Fatalf("untyped error: %v", err)
+	}
+}
+
+func FuzzParseIssueRequest(f *testing.F) {
+	seedFromVectors(f, func(v jsonlVector) [][]byte { return [][]byte{b64(f, v.IssueRequest)} })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := ParseIssueRequest(b)
+		requireTyped(t, err)
+		if err == nil && !bytes.Equal(MarshalIssueRequest(req.Blinded), b) {
+			t.Fatal("issue request does not round-trip")
+		}
+	})
+}
+
+func FuzzParseIssueResponse(f *testing.F) {
+	seedFromVectors(f, func(v jsonlVector) [][]byte { return [][]byte{b64(f, v.IssueResponse)} })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, err := ParseIssueResponse(b)
+		requireTyped(t, err)
+	})
+}
+
+func FuzzParseRedeemRequest(f *testing.F) {
+	seedFromVectors(f, func(v jsonlVector) [][]byte {
+		var out [][]byte
+		for _, r := range v.Redemptions {
+			out = append(out, b64(f, r.RedeemRequest))
+		}
+		return out
+	})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		req, err := ParseRedeemRequest(b)
+		requireTyped(t, err)
+		if err == nil {
+			again, err := MarshalRedeemRequest(&req.Token, req.ClientData)
+			if err != nil || !bytes.Equal(again, b) {
+				t.Fatal("redemption request does not round-trip")
+			}
+		}
+	})
+}
+
+// FuzzRedeem runs the full redemption check (parse, key lookup, k·H(nonce))
+// on mutated requests against the vectors' keys.
+func FuzzRedeem(f *testing.F) {
+	keys := mapKeys{}
+	for _, v := range loadJSONL(f) {
+		sk, err := ParsePrivateKeyBlob(b64(f, v.PrivateKey))
+		if err != nil {
+			f.Fatal(err)
+		}
+		keys[sk.KeyID()] = sk
+		for _, r := range v.Redemptions {
+			f.Add(b64(f, r.RedeemRequest))
+		}
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, err := Redeem(keys, b)
+		requireTyped(t, err)
+	})
+}
+
+func FuzzParseClientData(f *testing.F) {
+	cd, _ := MarshalClientData(&ClientData{RedeemingOrigin: "http://localhost:8480", RedemptionTimestamp: 1795588023})
+	f.Add(cd)
+	f.Add([]byte{0xa1, 0x60, 0x60})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, err := ParseClientData(b)
+		requireTyped(t, err)
+	})
+}
+
+func FuzzParseKeyBlobs(f *testing.F) {
+	seedFromVectors(f, func(v jsonlVector) [][]byte { return [][]byte{b64(f, v.PublicKey), b64(f, v.PrivateKey)} })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pk, err := ParsePublicKeyBlob(b)
+		requireTyped(t, err)
+		if err == nil && !bytes.Equal(pk.MarshalBlob(), b) {
+			t.Fatal("public key blob does not round-trip")
+		}
+		_, err = ParsePrivateKeyBlob(b)
+		requireTyped(t, err)
+	})
+}
+
+// FuzzClientFinish feeds mutated issue responses to a client with pending
+// blinds: nothing may panic and a mutated proof must never verify.
+func FuzzClientFinish(f *testing.F) {
+	sk, err := NewPrivateKey(1, bytes.Repeat([]byte{7}, ScalarSize))
+	if err != nil {
+		f.Fatal(err)
+	}
+	c := NewClient(sk.Public())
+	p, err := c.Blind(2, rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	req, _ := ParseIssueRequest(p.Request())
+	resp, _, err := sk.Issue(req, 2, rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(resp)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		toks, err := c.Finish(p, b)
+		requireTyped(t, err)
+		if err == nil && len(b) == len(resp) && !bytes.Equal(b, resp) && len(toks) == 2 {
+			// Only a different valid proof for the same elements may pass.
+			if !bytes.Equal(b[:len(b)-ProofSize], resp[:len(resp)-ProofSize]) {
+				t.Fatal("a mutated response verified")
+			}
+		}
+	})
+}
