@@ -84,7 +84,6 @@ func encodePoint(p *nistec.P384Point, unc []byte, comp *[CompressedSize]byte) {
 	compressFromUncompressed(comp, unc)
 }
 
-
 func isIdentity(p *nistec.P384Point) bool {
 	b := p.Bytes()
 	return len(b) == 1
