@@ -1,0 +1,387 @@
+package signer
+
+import (
+	"context"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pstd/pstd/internal/pstderr"
+	"github.com/pstd/pstd/signer/voprf"
+)
+
+// Unit-test doubles behind the service's narrow interfaces. The integration
+// tests in cmd/pstd and signer/integration_test.go use real SoftHSM and
+// PostgreSQL.
+
+type memCustody struct {
+	aead cipher.AEAD
+	mu   sync.Mutex
+	rr   map[string]*ecdsa.PrivateKey
+	down bool
+}
+
+func newMemCustody(t testing.TB) *memCustody {
+	key := make([]byte, 32)
+	rand.Read(key)
+	b, _ := aes.NewCipher(key)
+	g, _ := cipher.NewGCM(b)
+	return &memCustody{aead: g, rr: map[string]*ecdsa.PrivateKey{}}
+}
+
+func (m *memCustody) Seal(p, aad []byte) ([]byte, error) {
+	iv := make([]byte, 12)
+	rand.Read(iv)
+	return m.aead.Seal(iv, iv, p, aad), nil
+}
+func (m *memCustody) Unseal(s, aad []byte) ([]byte, error) {
+	return m.aead.Open(nil, s[:12], s[12:], aad)
+}
+func (m *memCustody) Random(n int) ([]byte, error) {
+	b := make([]byte, n)
+	_, err := rand.Read(b)
+	return b, err
+}
+func (m *memCustody) GenerateRRKey(_ context.Context, id string) (crypto.Signer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	m.rr[id] = k
+	return k, nil
+}
+func (m *memCustody) FindRRKey(_ context.Context, id string) (crypto.Signer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k, ok := m.rr[id]
+	if !ok {
+		return nil, errors.New("no such key")
+	}
+	return k, nil
+}
+func (m *memCustody) Ping(context.Context) error {
+	if m.down {
+		return errors.New("token gone")
+	}
+	return nil
+}
+
+type memStore struct {
+	mu          sync.Mutex
+	epochs      map[uint32]KeyEpoch
+	retired     map[uint32]bool
+	nextID      uint32
+	commitments []struct {
+		id   uint64
+		ids  []uint32
+		body []byte
+	}
+	rr          []RRKeyInfo
+	redemptions map[[36]byte]Redemption
+	lock        sync.Mutex
+}
+
+func newMemStore() *memStore {
+	return &memStore{epochs: map[uint32]KeyEpoch{}, retired: map[uint32]bool{}, nextID: 1, redemptions: map[[36]byte]Redemption{}}
+}
+
+func (m *memStore) Ping(context.Context) error { return nil }
+func (m *memStore) KeyEpochs(context.Context) ([]KeyEpoch, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []KeyEpoch
+	for id, e := range m.epochs {
+		if !m.retired[id] {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b KeyEpoch) int { return int(a.KeyID) - int(b.KeyID) })
+	return out, nil
+}
+func (m *memStore) NextKeyID(context.Context) (uint32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := m.nextID
+	m.nextID++
+	return id, nil
+}
+func (m *memStore) CreateKeyEpoch(_ context.Context, e KeyEpoch, _ string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.epochs[e.KeyID]; ok {
+		return errors.New("duplicate key id")
+	}
+	m.epochs[e.KeyID] = e
+	if e.KeyID >= m.nextID {
+		m.nextID = e.KeyID + 1
+	}
+	return nil
+}
+func (m *memStore) RetireKeyEpoch(_ context.Context, id uint32, _ string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retired[id] = true
+	return nil
+}
+func (m *memStore) LatestCommitment(context.Context) (uint64, []uint32, []byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.commitments) == 0 {
+		return 0, nil, nil, nil
+	}
+	c := m.commitments[len(m.commitments)-1]
+	return c.id, c.ids, c.body, nil
+}
+func (m *memStore) PublishCommitment(_ context.Context, ids []uint32, build func(uint64) ([]byte, error), _ string) (uint64, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var last uint64
+	if n := len(m.commitments); n > 0 {
+		c := m.commitments[n-1]
+		if slices.Equal(c.ids, ids) {
+			return c.id, false, nil
+		}
+		last = c.id
+	}
+	body, err := build(last + 1)
+	if err != nil {
+		return 0, false, err
+	}
+	m.commitments = append(m.commitments, struct {
+		id   uint64
+		ids  []uint32
+		body []byte
+	}{last + 1, ids, body})
+	return last + 1, true, nil
+}
+func (m *memStore) RRKeys(context.Context) ([]RRKeyInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.rr), nil
+}
+func (m *memStore) CreateRRKey(_ context.Context, k RRKeyInfo, _ string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rr = append(m.rr, k)
+	return nil
+}
+func (m *memStore) RetireRRKey(_ context.Context, id string, notAfter time.Time, _ string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range m.rr {
+		if m.rr[i].ID == id {
+			m.rr[i].Retired, m.rr[i].NotAfter = true, notAfter
+		}
+	}
+	return nil
+}
+func (m *memStore) RecordRedemption(_ context.Context, r Redemption) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var k [36]byte
+	k[0], k[1], k[2], k[3] = byte(r.KeyID>>24), byte(r.KeyID>>16), byte(r.KeyID>>8), byte(r.KeyID)
+	copy(k[4:], r.NonceHash[:])
+	if _, ok := m.redemptions[k]; ok {
+		return pstderr.New(pstderr.AlreadyRedeemed, "token already redeemed")
+	}
+	m.redemptions[k] = r
+	return nil
+}
+func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
+	if !m.lock.TryLock() {
+		return false, nil
+	}
+	defer m.lock.Unlock()
+	return true, fn(ctx)
+}
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.t }
+
+func newService(t testing.TB, clock Clock) (*Service, *memStore, *memCustody) {
+	st, cu := newMemStore(), newMemCustody(t)
+	s, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock}, st, cu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, st, cu
+}
+
+// issueAndRedeem gets one token through the service and redeems it.
+func issueToken(t testing.TB, s *Service) voprf.Token {
+	t.Helper()
+	body, _, err := s.Commitment(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, keys, err := voprf.ParseCommitment(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := voprf.SortedKeyIDs(keys)
+	p, err := voprf.NewClient(keys[ids[0]]).Blind(1, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, n, err := s.Issue(context.Background(), p.Request(), 10)
+	if err != nil || n != 1 {
+		t.Fatalf("issue: %v", err)
+	}
+	keyID := uint32(resp[2])<<24 | uint32(resp[3])<<16 | uint32(resp[4])<<8 | uint32(resp[5])
+	pk, ok := keys[keyID]
+	if !ok {
+		t.Fatalf("issued under key %d, which the commitment does not publish", keyID)
+	}
+	toks, err := voprf.NewClient(pk).Finish(p, resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return toks[0]
+}
+
+func redeemRequest(t testing.TB, tok voprf.Token, now time.Time) []byte {
+	cd, _ := voprf.MarshalClientData(&voprf.ClientData{RedeemingOrigin: "https://rp.example", RedemptionTimestamp: uint64(now.Unix())})
+	rr, err := voprf.MarshalRedeemRequest(&tok, cd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rr
+}
+
+func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
+	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, _, cu := newService(t, clock)
+	ctx := context.Background()
+	if err := s.Ready(ctx); err == nil {
+		t.Fatal("ready before keys are loaded")
+	}
+	if ok, err := s.Rotate(ctx); !ok || err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("not ready: %v", err)
+	}
+	tok := issueToken(t, s)
+	rec, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t))
+	if err != nil || rec == "" {
+		t.Fatalf("redeem: %v", err)
+	}
+	_, err = s.Redeem(ctx, redeemRequest(t, tok, clock.t))
+	if !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+		t.Fatalf("second redemption: %v", err)
+	}
+	cu.down = true
+	if err := s.Ready(ctx); pstderr.KindOf(err) != pstderr.Unavailable {
+		t.Fatalf("ready with HSM down: %v", err)
+	}
+}
+
+// TestServiceTwoYears runs two years of rotation with a fake clock, a day at
+// a time: at most 6 published keys, commitment ids strictly increasing and
+// changing only with the key set, and a token issued under any key still
+// published redeems.
+func TestServiceTwoYears(t *testing.T) {
+	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, st, _ := newService(t, clock)
+	ctx := context.Background()
+	type held struct {
+		tok    voprf.Token
+		expiry time.Time
+	}
+	var wallet []held
+	lastID := uint64(0)
+	for day := 0; day < 730; day++ {
+		if _, err := s.Rotate(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Reload(ctx); err != nil {
+			t.Fatal(err)
+		}
+		body, id, err := s.Commitment(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id < lastID {
+			t.Fatalf("day %d: commitment id went back", day)
+		}
+		lastID = id
+		_, keys, err := voprf.ParseCommitment(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) > MaxPublishedKeys {
+			t.Fatalf("day %d: %d keys", day, len(keys))
+		}
+		if day%5 == 0 {
+			tok := issueToken(t, s)
+			e := st.epochs[tok.KeyID]
+			wallet = append(wallet, held{tok, e.Expiry})
+		}
+		// Redeem a token issued long ago whose key is still published.
+		for i, h := range wallet {
+			if h.expiry.After(clock.t) && i%7 == day%7 {
+				_, err := s.Redeem(ctx, redeemRequest(t, h.tok, clock.t))
+				if err != nil && !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+					t.Fatalf("day %d: token of key %d (expiry %v) does not redeem: %v", day, h.tok.KeyID, h.expiry, err)
+				}
+			}
+		}
+		clock.t = clock.t.AddDate(0, 0, 1)
+	}
+	// Ids only grow with the key set: one commitment per distinct set.
+	for i := 1; i < len(st.commitments); i++ {
+		if st.commitments[i].id != st.commitments[i-1].id+1 || slices.Equal(st.commitments[i].ids, st.commitments[i-1].ids) {
+			t.Fatal("commitment published without a key-set change")
+		}
+	}
+	if len(st.commitments) < 20 {
+		t.Fatalf("only %d commitments in two years", len(st.commitments))
+	}
+}
+
+func TestServiceExpiredKeyRefused(t *testing.T) {
+	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, _, _ := newService(t, clock)
+	ctx := context.Background()
+	s.Rotate(ctx)
+	s.Reload(ctx)
+	tok := issueToken(t, s)
+	clock.t = clock.t.Add(s.cfg.Policy.Lifetime() + time.Hour)
+	_, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t))
+	if !errors.Is(err, pstderr.ErrUnknownKey) {
+		t.Fatalf("redeeming under an expired key: %v", err)
+	}
+}
+
+func TestServiceImportKey(t *testing.T) {
+	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, _, _ := newService(t, clock)
+	ctx := context.Background()
+	sk, _ := voprf.GenerateKey(42, rand.Reader)
+	id, err := s.ImportKey(ctx, sk.MarshalPrivateKeyBlob(), KeyTimes{NotBefore: clock.t, Expiry: clock.t.AddDate(0, 4, 0)}, "test")
+	if err != nil || id != 42 {
+		t.Fatalf("import: %v", err)
+	}
+	if _, err := s.ImportKey(ctx, sk.MarshalPrivateKeyBlob(), KeyTimes{NotBefore: clock.t, Expiry: clock.t.AddDate(0, 4, 0)}, "test"); err == nil {
+		t.Fatal("importing the same key id twice succeeded")
+	}
+	s.Rotate(ctx)
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tok := issueToken(t, s)
+	if tok.KeyID != 42 {
+		t.Fatalf("issued under %d, want the imported 42", tok.KeyID)
+	}
+}
