@@ -4,20 +4,42 @@ GO ?= go
 BIN := bin
 PKGS := ./...
 
-.PHONY: all build test lint fmt fuzz bench clean
+# Fuzz targets run briefly by `make test`, as ./package:FuzzName pairs,
+# e.g. ./signer/voprf:FuzzParseIssueRequest. Each runs for FUZZTIME.
+FUZZ_TARGETS :=
+FUZZTIME ?= 10s
+
+.PHONY: all build deps setup run stop test lint fmt fuzz bench clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# Debian packages for the dev/test stack (softhsm2, postgresql, chromium), only if missing.
+deps:
+	deploy/dev/deps.sh
+
+# Local stack under .pstd/: PostgreSQL on 127.0.0.1:$${PSTD_DEV_PG_PORT:-54329},
+# SoftHSM token pstd-dev, .pstd/env; then build, migrate and create keys.
+setup:
+	MAKE='$(MAKE)' deploy/dev/setup.sh
+
+run: setup
+	set -a && . ./.pstd/env && set +a && exec $(BIN)/pstd serve
+
+stop:
+	deploy/dev/stop.sh
+
+# Race-enabled tests against a throwaway PostgreSQL cluster (always stopped
+# afterwards), then a short fuzz pass over FUZZ_TARGETS.
+test: build deps
+	GO='$(GO)' PKGS='$(PKGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZTIME='$(FUZZTIME)' deploy/dev/test.sh
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
-
-test: build
-	$(GO) test -count=1 $(PKGS)
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# deploy/dev/stop.sh (`make stop`): stops the development PostgreSQL cluster
+# that setup.sh started. Data in .pstd/ is kept; `make setup` starts it again.
+set -euo pipefail
+# shellcheck source=deploy/dev/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+exec "$PSTD_ROOT/deploy/dev/pg.sh" stop "$PSTD_ROOT/.pstd/pg"
