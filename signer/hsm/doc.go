@@ -2,8 +2,8 @@
 // a hardware token in production), built on github.com/ThalesIgnite/crypto11
 // and, where crypto11 has no call for it, github.com/miekg/pkcs11.
 //
-// It holds three kinds of secret on the token, all as token objects that
-// are sensitive and not extractable:
+// It keeps two kinds of key on the token, both token objects that are
+// private, sensitive and not extractable, and uses the token's RNG (Random):
 //
 //   - the key-encryption key (KEK): AES-256, label "pstd-kek-1". Seal and
 //     Unseal run AES-256-GCM with it inside the token. pstd draws every
@@ -13,7 +13,6 @@
 //     KEK can be rotated.
 //   - the redemption-record (RR) keys: ECDSA P-256 key pairs, label
 //     "pstd-<id>", that sign records inside the token.
-//   - nothing else: the token's RNG is used through Random.
 //
 // # Threat model
 //
