@@ -1,0 +1,125 @@
+package httpapi
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pstd/pstd/internal/pstderr"
+)
+
+// readiness caches the result of the issuer's Ready so that issuance and
+// redemption never wait for it: a background probe refreshes it every
+// interval, a request that finds it not ready asks for an early probe
+// (at most one at a time), and /readyz probes synchronously.
+type readiness struct {
+	iss      Issuer
+	timeout  time.Duration
+	interval time.Duration
+	metrics  *Metrics
+	onChange func(ready bool, err error)
+
+	state    atomic.Pointer[readyState]
+	draining atomic.Bool
+	kick     chan struct{}
+
+	mu      sync.Mutex // one probe at a time
+	running bool
+}
+
+type readyState struct {
+	err error // nil: ready
+	at  time.Time
+}
+
+var errNotProbed = pstderr.New(pstderr.Unavailable, "starting up")
+
+func newReadiness(iss Issuer, interval, timeout time.Duration, m *Metrics, onChange func(bool, error)) *readiness {
+	r := &readiness{iss: iss, interval: interval, timeout: timeout, metrics: m, onChange: onChange,
+		kick: make(chan struct{}, 1)}
+	r.state.Store(&readyState{err: errNotProbed})
+	m.setReady(false)
+	return r
+}
+
+// current is the cached state: nil when ready.
+func (r *readiness) current() error {
+	if r.draining.Load() {
+		return pstderr.New(pstderr.Unavailable, "shutting down")
+	}
+	return r.state.Load().err
+}
+
+// probe calls Ready with the probe timeout, waiting no longer than that
+// even if Ready ignores its context, and stores the result.
+func (r *readiness) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- &panicError{value: v}
+			}
+		}()
+		done <- r.iss.Ready(ctx)
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = pstderr.Wrap(pstderr.Unavailable, ctx.Err(), "readiness check timed out")
+	}
+	old := r.state.Swap(&readyState{err: err, at: time.Now()})
+	r.metrics.setReady(err == nil)
+	if (old.err == nil) != (err == nil) && r.onChange != nil {
+		r.onChange(err == nil, err)
+	}
+	return err
+}
+
+// request asks the background loop for an early probe, without waiting.
+func (r *readiness) request() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// watch probes at once, then every interval and whenever request asks,
+// until ctx ends. Only one watch runs at a time; a second returns at once.
+func (r *readiness) watch(ctx context.Context) {
+	r.mu.Lock()
+	if r.running {
+		r.mu.Unlock()
+		return
+	}
+	r.running = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.running = false
+		r.mu.Unlock()
+	}()
+
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	const minGap = 200 * time.Millisecond // early probes no closer than this
+	for {
+		r.probe(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.kick:
+			if wait := minGap - time.Since(r.state.Load().at); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,318 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Issuer is the PST issuer service behind the HTTP API.
+type Issuer interface {
+	// Commitment returns the key commitment JSON (PROTOCOL.md §5, the object keyed by protocol version) and its commitment id (changes whenever the key set changes).
+	Commitment(ctx context.Context) (body []byte, id uint64, err error)
+	// BatchSize is the commitment's batchsize.
+	BatchSize() int
+	// Issue signs a raw (base64-decoded) issue request, issuing at most max tokens; returns the raw issue response and how many were issued.
+	Issue(ctx context.Context, request []byte, max int) (response []byte, issued int, err error)
+	// Redeem checks a raw redemption request, durably records the redemption, and returns the redemption record (a compact JWS string) and its lifetime.
+	Redeem(ctx context.Context, request []byte) (record string, err error)
+	// JWKS returns the JSON Web Key Set of the redemption-record keys.
+	JWKS(ctx context.Context) ([]byte, error)
+	// Ready reports whether the database, the HSM and the keys are usable.
+	Ready(ctx context.Context) error
+}
+
+// Config configures the HTTP API. Zero values take the defaults noted.
+type Config struct {
+	// IssuerOrigin is the issuer's origin (e.g. "https://issuer.example").
+	// It is always an allowed CORS origin.
+	IssuerOrigin string
+	// RedemptionLifetime is sent as Sec-Private-State-Token-Lifetime (whole
+	// seconds) with each redemption record; 0 omits the header. It should
+	// equal the records' own lifetime (their exp claim).
+	RedemptionLifetime time.Duration
+
+	// MaxHeaderBytes bounds the request line and headers (default 64 KiB: a
+	// full 100-token issue request is under 13 KB of base64, plus cookies).
+	MaxHeaderBytes int
+	// BodyLimit bounds request bodies (default 64 KiB). The PST endpoints
+	// read none; larger bodies are refused with 413.
+	BodyLimit int64
+	// RequestTimeout bounds the work on one request, issuer calls included
+	// (default 10 s). A request that runs out answers 503.
+	RequestTimeout time.Duration
+	// ReadHeaderTimeout bounds how long a client may take to send its
+	// headers (default 5 s): a slow client cannot hold a connection open.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes idle keep-alive connections (default 60 s).
+	IdleTimeout time.Duration
+	// ShutdownTimeout is how long Run lets in-flight requests finish once
+	// its context ends (default 20 s); then the connections are closed.
+	ShutdownTimeout time.Duration
+
+	// AllowedOrigins are the origins CORS lets read responses and that may
+	// run issuance and redemption from a cross-origin page. Empty, or
+	// containing "*", means any origin (the default; see doc.go).
+	AllowedOrigins []string
+
+	// Logger receives one JSON line per request (default: discard).
+	Logger *slog.Logger
+	// LogClientAddr adds the client address to request logs. Off by
+	// default: addresses could link a client's issuance to its redemption.
+	LogClientAddr bool
+
+	// Registerer receives pstd's metrics (default: a private registry).
+	// The global registry is never used.
+	Registerer prometheus.Registerer
+	// Gatherer is what /metrics serves (default: Registerer, when it is a
+	// Gatherer, as a *prometheus.Registry is). With neither, no /metrics.
+	Gatherer prometheus.Gatherer
+
+	// Policy limits issuance (default AllowAll).
+	Policy Policy
+
+	// ReadyInterval is the period of the background readiness probe
+	// (default 2 s); ReadyTimeout bounds one probe (default 1 s).
+	ReadyInterval time.Duration
+	ReadyTimeout  time.Duration
+
+	// Demo is reserved for the demo pages; the caller mounts them with
+	// WithRoutes.
+	Demo bool
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
+	if c.BodyLimit <= 0 {
+		c.BodyLimit = 64 << 10
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 5 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 20 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Policy == nil {
+		c.Policy = AllowAll{}
+	}
+	if c.ReadyInterval <= 0 {
+		c.ReadyInterval = 2 * time.Second
+	}
+	if c.ReadyTimeout <= 0 {
+		c.ReadyTimeout = time.Second
+	}
+	if c.Registerer == nil {
+		reg := prometheus.NewRegistry()
+		c.Registerer = reg
+		if c.Gatherer == nil {
+			c.Gatherer = reg
+		}
+	}
+	if c.Gatherer == nil {
+		if g, ok := c.Registerer.(prometheus.Gatherer); ok {
+			c.Gatherer = g
+		}
+	}
+}
+
+// Option changes a Server at construction.
+type Option func(*Server)
+
+// WithMetrics makes the server record into m (created earlier with
+// NewMetrics, e.g. so the issuer service could be given its hooks first)
+// instead of registering its own on Config.Registerer.
+func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
+
+// WithRoutes lets the caller mount more routes (the demo pages) on the
+// server's echo instance; they get the same middleware (logging, recovery,
+// limits, CORS and Permissions-Policy).
+func WithRoutes(register func(e *echo.Echo)) Option {
+	return func(s *Server) { s.extraRoutes = append(s.extraRoutes, register) }
+}
+
+// Server is pstd's HTTP API.
+type Server struct {
+	cfg         Config
+	iss         Issuer
+	echo        *echo.Echo
+	metrics     *Metrics
+	ready       *readiness
+	cors        corsPolicy
+	routes      map[string]bool // route templates, for log and metric labels
+	extraRoutes []func(*echo.Echo)
+}
+
+// New returns the HTTP API in front of iss. It starts no goroutine: Run
+// (or WatchReadiness) starts the readiness probe. It panics only when the
+// metrics cannot be registered (a programming error, such as a name clash
+// with another collector).
+func New(cfg Config, iss Issuer, opts ...Option) *Server {
+	cfg.setDefaults()
+	s := &Server{cfg: cfg, iss: iss, routes: map[string]bool{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.metrics == nil {
+		m, err := NewMetrics(cfg.Registerer)
+		if err != nil {
+			panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
+		}
+		s.metrics = m
+	}
+	s.cors = newCORSPolicy(cfg.AllowedOrigins, cfg.IssuerOrigin)
+	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, s.metrics, func(ok bool, err error) {
+		if ok {
+			cfg.Logger.Info("ready")
+		} else {
+			cfg.Logger.Warn("not ready", slog.String("reason", reasonOf(err)), slog.String("detail", errString(err)))
+		}
+	})
+
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Logger.SetOutput(io.Discard)
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		// Only reached if a middleware below the logger fails; the logger
+		// normally answers errors itself.
+		if !c.Response().Committed {
+			_ = writeProblem(c, problemFrom(err))
+		}
+	}
+	e.Use(s.requestLog, s.recoverPanics, s.securityHeaders, s.corsMiddleware, s.limits)
+	s.echo = e
+	s.registerRoutes()
+	for _, r := range s.extraRoutes {
+		r(e)
+	}
+	for _, r := range e.Routes() {
+		s.routes[r.Path] = true
+	}
+	return s
+}
+
+// Handler is the API as an http.Handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Metrics are the server's metrics; the issuer service may use the hooks.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// CheckReady runs the readiness probe now and caches its result (nil:
+// ready). Issuance and redemption answer 503 until a probe has succeeded.
+func (s *Server) CheckReady(ctx context.Context) error { return s.ready.probe(ctx) }
+
+// WatchReadiness probes readiness at once, then every ReadyInterval and
+// whenever a request finds the server not ready, until ctx ends. Run calls
+// it; callers that serve Handler themselves should run it too.
+func (s *Server) WatchReadiness(ctx context.Context) { s.ready.watch(ctx) }
+
+// Run listens on addr and serves until ctx ends, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx ends. Then it reports not-ready, stops
+// accepting connections and lets in-flight requests finish for up to
+// ShutdownTimeout before closing what is left. It returns nil after a clean
+// shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		// The PST endpoints have no body to read: the whole request is due
+		// shortly after its headers.
+		ReadTimeout:    s.cfg.ReadHeaderTimeout + s.cfg.RequestTimeout,
+		WriteTimeout:   s.cfg.RequestTimeout + 5*time.Second,
+		IdleTimeout:    s.cfg.IdleTimeout,
+		MaxHeaderBytes: s.cfg.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.ready.watch(probeCtx) }()
+	defer wg.Wait()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()))
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	s.ready.draining.Store(true)
+	s.metrics.setReady(false)
+	s.cfg.Logger.Info("shutting down", slog.Duration("grace", s.cfg.ShutdownTimeout))
+	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(shutCtx)
+	if err != nil {
+		_ = srv.Close()
+		err = fmt.Errorf("graceful shutdown: %w", err)
+	}
+	if serr := <-serveErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	s.cfg.Logger.Info("stopped")
+	return err
+}
+
+// routeLabel is the route template of c, or "unmatched" (so neither logs
+// nor metric labels ever carry a raw, client-chosen path).
+func (s *Server) routeLabel(c echo.Context) string {
+	if p := c.Path(); s.routes[p] && p != "" {
+		return p
+	}
+	return "unmatched"
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func reasonOf(err error) string { return problemFrom(err).reason }
+
+// originAllowedAll reports whether any origin is allowed.
+func originAllowedAll(list []string) bool {
+	if len(list) == 0 {
+		return true
+	}
+	for _, o := range list {
+		if strings.TrimSpace(o) == "*" {
+			return true
+		}
+	}
+	return false
+}
