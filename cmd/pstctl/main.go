@@ -1,0 +1,321 @@
+// Command pstctl administers a pstd issuer: migrations, keys, the key
+// commitment, the audit log and redemption-record verification.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/pstd/pstd/internal/app"
+	"github.com/pstd/pstd/rp"
+	"github.com/pstd/pstd/signer"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := root(os.Stdout).ParseAndRun(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "pstctl:", err)
+		os.Exit(1)
+	}
+}
+
+var opts = []ff.Option{ff.WithEnvVarPrefix("PSTD")}
+
+// actor names the operator in the audit log.
+func actor() string {
+	if u, err := user.Current(); err == nil {
+		return "pstctl:" + u.Username
+	}
+	return "pstctl"
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// cmd builds a subcommand with the shared settings plus extra flags.
+func cmd(name, usage, help string, extra func(fs *flag.FlagSet), run func(ctx context.Context, s *app.Settings, args []string) error) *ffcli.Command {
+	var s app.Settings
+	fs := flag.NewFlagSet("pstctl "+name, flag.ContinueOnError)
+	s.Register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	return &ffcli.Command{Name: name, ShortUsage: "pstctl " + usage, ShortHelp: help, FlagSet: fs, Options: opts,
+		Exec: func(ctx context.Context, args []string) error { return run(ctx, &s, args) }}
+}
+
+func withApp(ctx context.Context, s *app.Settings, fn func(*app.App) error) error {
+	a, err := app.Open(ctx, s, quietLogger(), false, app.Hooks{})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	return fn(a)
+}
+
+func root(out io.Writer) *ffcli.Command {
+	var force bool
+	var importFile, notBefore string
+	var importDays int
+	var chromium bool
+	var auditLimit int
+	var rrIssuer, rrJWKS string
+
+	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|init|rotate|import|rotate-rr", ShortHelp: "manage VOPRF and record keys",
+		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+		Subcommands: []*ffcli.Command{
+			cmd("list", "keys list", "list key epochs and record keys", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
+				store, err := app.OpenStore(ctx, s, quietLogger())
+				if err != nil {
+					return err
+				}
+				defer store.Close()
+				es, err := store.ListKeyEpochs(ctx)
+				if err != nil {
+					return err
+				}
+				now := time.Now()
+				tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "KEY ID\tSTATE\tNOT BEFORE\tEXPIRY\tIMPORTED")
+				for _, e := range es {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\n", e.KeyID, e.State(now), e.NotBefore.UTC().Format(time.RFC3339), e.Expiry.UTC().Format(time.RFC3339), e.Imported)
+				}
+				rr, err := store.RRKeys(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(tw, "\nRECORD KEY\tSTATE\tCREATED\tIN JWKS UNTIL\t")
+				for _, k := range rr {
+					state, until := "signing", "-"
+					if k.Retired {
+						state, until = "retired", k.NotAfter.UTC().Format(time.RFC3339)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", k.ID, state, k.CreatedAt.UTC().Format(time.RFC3339), until)
+				}
+				return tw.Flush()
+			}),
+			cmd("init", "keys init", "provision the first key, record key and commitment (idempotent)", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *app.App) error {
+					ok, err := a.Service.Rotate(ctx)
+					if err != nil {
+						return err
+					}
+					if !ok {
+						return errors.New("another replica holds the rotation lock; try again")
+					}
+					fmt.Fprintln(out, "keys provisioned")
+					return nil
+				})
+			}),
+			cmd("rotate", "keys rotate [--force]", "introduce a key that signs from now", func(fs *flag.FlagSet) {
+				fs.BoolVar(&force, "force", false, "rotate even if the current key signed for less than 60 days")
+			}, func(ctx context.Context, s *app.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *app.App) error {
+					id, err := a.Service.ForceRotate(ctx, force, actor())
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "key %d signs from now\n", id)
+					return nil
+				})
+			}),
+			cmd("import", "keys import --file BLOB", "import a BoringSSL private key blob (u32 key id || k), base64 or raw", func(fs *flag.FlagSet) {
+				fs.StringVar(&importFile, "file", "", "file with the private key blob (base64 or 52 raw bytes); - for stdin")
+				fs.StringVar(&notBefore, "not-before", "", "RFC 3339 time the key starts signing (default now)")
+				fs.IntVar(&importDays, "days", 120, "days until the key expires")
+			}, func(ctx context.Context, s *app.Settings, _ []string) error {
+				blob, err := readBlob(importFile)
+				if err != nil {
+					return err
+				}
+				defer clear(blob)
+				nb := time.Now()
+				if notBefore != "" {
+					if nb, err = time.Parse(time.RFC3339, notBefore); err != nil {
+						return err
+					}
+				}
+				return withApp(ctx, s, func(a *app.App) error {
+					id, err := a.Service.ImportKey(ctx, blob, signer.KeyTimes{NotBefore: nb, Expiry: nb.AddDate(0, 0, importDays)}, actor())
+					if err != nil {
+						return err
+					}
+					if _, err := a.Service.Rotate(ctx); err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "imported key %d\n", id)
+					return nil
+				})
+			}),
+			cmd("rotate-rr", "keys rotate-rr", "create a new redemption-record key in the HSM", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *app.App) error {
+					id, err := a.Service.RotateRRKey(ctx, actor())
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "record key %s signs from now\n", id)
+					return nil
+				})
+			}),
+		}}
+
+	return &ffcli.Command{
+		Name:       "pstctl",
+		ShortUsage: "pstctl migrate|keys|commitment|audit|rr",
+		Exec:       func(context.Context, []string) error { return flag.ErrHelp },
+		Subcommands: []*ffcli.Command{
+			cmd("migrate", "migrate", "apply database migrations", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
+				store, err := app.OpenStore(ctx, s, quietLogger())
+				if err != nil {
+					return err
+				}
+				defer store.Close()
+				return store.Migrate(ctx)
+			}),
+			keys,
+			cmd("commitment", "commitment [--chromium]", "print the key commitment", func(fs *flag.FlagSet) {
+				fs.BoolVar(&chromium, "chromium", false, "print the value of Chrome's --additional-private-state-token-key-commitments switch")
+			}, func(ctx context.Context, s *app.Settings, _ []string) error {
+				store, err := app.OpenStore(ctx, s, quietLogger())
+				if err != nil {
+					return err
+				}
+				defer store.Close()
+				_, _, body, err := store.LatestCommitment(ctx)
+				if err != nil {
+					return err
+				}
+				if len(body) == 0 {
+					return errors.New("no commitment published yet: run pstctl keys init")
+				}
+				if chromium {
+					wrapped, err := json.Marshal(map[string]json.RawMessage{strings.TrimSuffix(s.IssuerOrigin, "/"): body})
+					if err != nil {
+						return err
+					}
+					body = wrapped
+				}
+				_, err = fmt.Fprintln(out, string(body))
+				return err
+			}),
+			{Name: "audit", ShortUsage: "pstctl audit list|verify", ShortHelp: "read and verify the audit log",
+				Exec: func(context.Context, []string) error { return flag.ErrHelp },
+				Subcommands: []*ffcli.Command{
+					cmd("list", "audit list [--limit N]", "print audit entries as JSON lines", func(fs *flag.FlagSet) {
+						fs.IntVar(&auditLimit, "limit", 1000, "entries to print")
+					}, func(ctx context.Context, s *app.Settings, _ []string) error {
+						store, err := app.OpenStore(ctx, s, quietLogger())
+						if err != nil {
+							return err
+						}
+						defer store.Close()
+						es, err := store.ListAudit(ctx, 0, auditLimit)
+						if err != nil {
+							return err
+						}
+						enc := json.NewEncoder(out)
+						for _, e := range es {
+							if err := enc.Encode(e); err != nil {
+								return err
+							}
+						}
+						return nil
+					}),
+					cmd("verify", "audit verify", "recompute the audit hash chain", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
+						store, err := app.OpenStore(ctx, s, quietLogger())
+						if err != nil {
+							return err
+						}
+						defer store.Close()
+						n, err := store.VerifyAuditChain(ctx)
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(out, "audit chain intact: %d entries\n", n)
+						return nil
+					}),
+				}},
+			{Name: "rr", ShortUsage: "pstctl rr verify --issuer ORIGIN RECORD|-", ShortHelp: "verify redemption records",
+				Exec: func(context.Context, []string) error { return flag.ErrHelp },
+				Subcommands: []*ffcli.Command{
+					cmd("verify", "rr verify [--issuer ORIGIN] [--jwks URL] RECORD|-", "verify a redemption record against the issuer's JWKS", func(fs *flag.FlagSet) {
+						fs.StringVar(&rrIssuer, "issuer", "", "issuer origin (default PSTD_ISSUER_ORIGIN)")
+						fs.StringVar(&rrJWKS, "jwks", "", "JWKS URL (default ISSUER/.well-known/private-state-token/jwks.json)")
+					}, func(ctx context.Context, s *app.Settings, args []string) error {
+						if len(args) != 1 {
+							return errors.New("give one record, or - to read it from stdin")
+						}
+						rec := args[0]
+						if rec == "-" {
+							b, err := io.ReadAll(io.LimitReader(os.Stdin, rp.MaxRecordBytes+1))
+							if err != nil {
+								return err
+							}
+							rec = strings.TrimSpace(string(b))
+						}
+						issuer := rrIssuer
+						if issuer == "" {
+							issuer = s.IssuerOrigin
+						}
+						v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{issuer: rrJWKS}})
+						if err != nil {
+							return err
+						}
+						r, err := v.VerifyRecord(ctx, issuer, rec)
+						if err != nil {
+							return fmt.Errorf("record does not verify: %w", err)
+						}
+						enc := json.NewEncoder(out)
+						enc.SetIndent("", "  ")
+						return enc.Encode(r)
+					}),
+				}},
+		},
+	}
+}
+
+// readBlob reads a private key blob as raw bytes or base64.
+func readBlob(path string) ([]byte, error) {
+	if path == "" {
+		return nil, errors.New("--file is required")
+	}
+	var b []byte
+	var err error
+	if path == "-" {
+		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
+	} else {
+		b, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 52 {
+		return b, nil
+	}
+	dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
+	clear(b)
+	if err != nil {
+		return nil, errors.New("key blob is neither 52 raw bytes nor base64")
+	}
+	return dec, nil
+}

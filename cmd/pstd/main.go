@@ -1,0 +1,177 @@
+// Command pstd is the Private State Token issuer service.
+//
+//	pstd serve     serve the issuer's well-known endpoints
+//	pstd migrate   apply database migrations
+//
+// Every setting is a flag and a PSTD_* environment variable; see README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/pstd/pstd/demo"
+	"github.com/pstd/pstd/httpapi"
+	"github.com/pstd/pstd/internal/app"
+	"github.com/pstd/pstd/rp"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root().ParseAndRun(ctx, os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "pstd:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func root() *ffcli.Command {
+	var s app.Settings
+	serveFS := flag.NewFlagSet("pstd serve", flag.ContinueOnError)
+	s.Register(serveFS)
+	var m app.Settings
+	migrateFS := flag.NewFlagSet("pstd migrate", flag.ContinueOnError)
+	m.Register(migrateFS)
+	opts := []ff.Option{ff.WithEnvVarPrefix("PSTD")}
+	return &ffcli.Command{
+		Name:       "pstd",
+		ShortUsage: "pstd serve|migrate [flags]",
+		Subcommands: []*ffcli.Command{
+			{Name: "serve", ShortUsage: "pstd serve [flags]", ShortHelp: "serve the issuer", FlagSet: serveFS, Options: opts,
+				Exec: func(ctx context.Context, args []string) error { return serve(ctx, &s) }},
+			{Name: "migrate", ShortUsage: "pstd migrate [flags]", ShortHelp: "apply database migrations", FlagSet: migrateFS, Options: opts,
+				Exec: func(ctx context.Context, args []string) error {
+					store, err := app.OpenStore(ctx, &m, newLogger(m.LogLevel))
+					if err != nil {
+						return err
+					}
+					defer store.Close()
+					return store.Migrate(ctx)
+				}},
+		},
+		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+	}
+}
+
+func serve(ctx context.Context, s *app.Settings) error {
+	log := newLogger(s.LogLevel)
+	if err := s.ValidateServe(); err != nil {
+		return err
+	}
+	log.Info("starting pstd", "settings", s)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := httpapi.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	a, err := app.Open(ctx, s, log, s.Migrate, app.Hooks{OnHSMError: metrics.IncHSMError, OnDBError: metrics.IncDBError})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	// One rotation step at start (bootstraps an empty database; another
+	// replica may hold the lock, which is fine), then load the key set.
+	if _, err := a.Service.Rotate(ctx); err != nil {
+		log.Error("rotation at start-up failed", "err", err)
+	}
+	if err := a.Service.Reload(ctx); err != nil {
+		log.Error("loading keys failed; not ready until they load", "err", err)
+	}
+	svcCtx, cancelSvc := context.WithCancel(ctx)
+	defer cancelSvc()
+	go a.Service.Run(svcCtx)
+
+	var opts []httpapi.Option
+	opts = append(opts, httpapi.WithMetrics(metrics))
+	if s.Demo {
+		verify, err := demoVerifier(s)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, httpapi.WithRoutes(func(e *echo.Echo) { demo.Register(e, verify) }))
+	}
+	var policy httpapi.Policy = httpapi.AllowAll{}
+	if s.RateLimit > 0 {
+		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow})
+	}
+	var origins []string
+	if s.AllowedOrigins != "" && s.AllowedOrigins != "*" {
+		origins = strings.Split(s.AllowedOrigins, ",")
+	}
+	srv := httpapi.New(httpapi.Config{
+		IssuerOrigin:       s.IssuerOrigin,
+		RedemptionLifetime: s.RecordLifetime,
+		RequestTimeout:     s.RequestTimeout,
+		ShutdownTimeout:    s.ShutdownTimeout,
+		AllowedOrigins:     origins,
+		Logger:             log,
+		LogClientAddr:      s.LogClientAddr,
+		Registerer:         reg,
+		Gatherer:           reg,
+		Policy:             policy,
+		Demo:               s.Demo,
+	}, a.Service, opts...)
+	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)
+	err = srv.Run(ctx, s.Listen)
+	cancelSvc()
+	log.Info("stopped; wiping keys and closing the HSM and database")
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// demoVerifier verifies records of this issuer for the demo relying-party
+// page, fetching the JWKS from this very server.
+func demoVerifier(s *app.Settings) (demo.Verifier, error) {
+	v, err := rp.NewVerifier(rp.Config{
+		Issuers: map[string]string{s.IssuerOrigin: "http://" + s.Listen + rp.JWKSPath},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func(r *http.Request) ([]demo.VerifiedRecord, error) {
+		res, err := v.VerifyRequest(r)
+		if err != nil {
+			return nil, err
+		}
+		var out []demo.VerifiedRecord
+		for _, rec := range res.Records {
+			out = append(out, demo.VerifiedRecord{Issuer: rec.Issuer, KeyID: rec.KeyID, RecordID: rec.RecordID,
+				Audience: rec.Audience, IssuedAt: rec.IssuedAt, Expiry: rec.Expiry})
+		}
+		if len(out) == 0 {
+			return nil, res.Err()
+		}
+		return out, nil
+	}, nil
+}
