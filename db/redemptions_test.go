@@ -1,0 +1,223 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pstd/pstd/internal/pstderr"
+)
+
+func TestRedemptionThenDuplicate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	k1 := mustCreateKey(t, s)
+	k2 := mustCreateKey(t, s)
+
+	r := redemption(t, k1)
+	if err := s.RecordRedemption(ctx, r); err != nil {
+		t.Fatalf("first redemption: %v", err)
+	}
+	dup := r
+	dup.RecordID, dup.RedeemingOrigin = "another-record", "https://other.example"
+	err := s.RecordRedemption(ctx, dup)
+	if !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+		t.Fatalf("second redemption: %v, want AlreadyRedeemed", err)
+	}
+	// The same nonce hash under another key is another token.
+	r2 := r
+	r2.KeyID = k2
+	if err := s.RecordRedemption(ctx, r2); err != nil {
+		t.Fatalf("same nonce hash, other key: %v", err)
+	}
+	// No origin is stored as NULL.
+	r3 := redemption(t, k1)
+	r3.RedeemingOrigin = ""
+	if err := s.RecordRedemption(ctx, r3); err != nil {
+		t.Fatalf("redemption without origin: %v", err)
+	}
+	// A key without a partition fails closed.
+	if err := s.RecordRedemption(ctx, redemption(t, 999)); !errors.Is(err, pstderr.ErrUnknownKey) {
+		t.Fatalf("redemption under a key without partition: %v, want UnknownKey", err)
+	}
+	if n, err := s.RedemptionCount(ctx, k1); err != nil || n != 2 {
+		t.Fatalf("RedemptionCount(%d) = %d, %v; want 2", k1, n, err)
+	}
+	var nulls int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM redemptions WHERE redeeming_origin IS NULL`).Scan(&nulls); err != nil || nulls != 1 {
+		t.Fatalf("NULL origins: %d, %v", nulls, err)
+	}
+	// Redemptions are not audited one by one.
+	if got := auditActions(t, s); len(got) != 3 {
+		t.Fatalf("audit: %q", got)
+	}
+	// Rows are immutable; they leave only with their partition.
+	wantSQLState(t, superExec(t, s, `UPDATE redemptions SET record_id = 'x'`), "23001")
+	wantSQLState(t, superExec(t, s, `DELETE FROM redemptions`), "23001")
+}
+
+func TestRedemptionConcurrentDuplicates(t *testing.T) {
+	t.Parallel()
+	s, url := newStore(t)
+	other := openStore(t, url) // a second replica
+	k := mustCreateKey(t, s)
+	r := redemption(t, k)
+
+	const n = 32
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		st := s
+		if i%2 == 1 {
+			st = other
+		}
+		wg.Go(func() {
+			<-start
+			rr := r
+			rr.RecordID = "record-" + string(rune('a'+i))
+			errs[i] = st.RecordRedemption(context.Background(), rr)
+		})
+	}
+	close(start)
+	wg.Wait()
+	ok, dup := 0, 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case errors.Is(err, pstderr.ErrAlreadyRedeemed):
+			dup++
+		default:
+			t.Errorf("goroutine %d: %v", i, err)
+		}
+	}
+	if ok != 1 || dup != n-1 {
+		t.Fatalf("%d succeeded, %d already redeemed; want 1 and %d", ok, dup, n-1)
+	}
+	if c, err := s.RedemptionCount(context.Background(), k); err != nil || c != 1 {
+		t.Fatalf("rows: %d, %v", c, err)
+	}
+}
+
+func TestRedemptionDurableEvenIfServerDefaultIsAsync(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, url := newStore(t)
+	k := mustCreateKey(t, s)
+	async := openStore(t, url+"&synchronous_commit=off")
+	var setting string
+	if err := async.pool.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "off" {
+		t.Fatalf("session default: %q, %v", setting, err)
+	}
+	// RecordRedemption checks inside its transaction that the setting is on
+	// and refuses otherwise; succeeding here proves SET LOCAL took effect.
+	if err := async.RecordRedemption(ctx, redemption(t, k)); err != nil {
+		t.Fatalf("RecordRedemption with synchronous_commit=off by default: %v", err)
+	}
+	if err := async.pool.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "off" {
+		t.Fatalf("SET LOCAL leaked into the session: %q, %v", setting, err)
+	}
+}
+
+func TestRedemptionIgnoresCallerTransaction(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	k := mustCreateKey(t, s)
+	r := redemption(t, k)
+	err := s.InTx(ctx, func(ctx context.Context) error {
+		if err := s.RecordRedemption(ctx, r); err != nil {
+			return err
+		}
+		return errTest // roll back the caller's transaction
+	})
+	if !errors.Is(err, errTest) {
+		t.Fatal(err)
+	}
+	// The redemption committed on its own and stays.
+	if err := s.RecordRedemption(ctx, r); !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+		t.Fatalf("after the caller rolled back: %v, want AlreadyRedeemed", err)
+	}
+}
+
+func TestDropExpiredRedemptions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	now := time.Now()
+	expired, err := s.NextKeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKeyEpoch(ctx, epoch(t, expired, now.Add(-3*time.Hour), now.Add(-time.Hour)), "op"); err != nil {
+		t.Fatal(err)
+	}
+	live := mustCreateKey(t, s)
+	for range 3 {
+		if err := s.RecordRedemption(ctx, redemption(t, expired)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RecordRedemption(ctx, redemption(t, live)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Expired but not retired: refused.
+	if _, _, err := s.DropExpiredRedemptions(ctx, expired, "op"); err == nil {
+		t.Fatal("dropped the redemptions of an unretired key")
+	}
+	// Retired but not expired: refused.
+	if err := s.RetireKeyEpoch(ctx, live, "op"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.DropExpiredRedemptions(ctx, live, "op"); err == nil {
+		t.Fatal("dropped the redemptions of a key whose tokens still redeem")
+	}
+	// Inside a transaction: refused.
+	if err := s.RetireKeyEpoch(ctx, expired, "op"); err != nil {
+		t.Fatal(err)
+	}
+	err = s.InTx(ctx, func(ctx context.Context) error {
+		_, _, err := s.DropExpiredRedemptions(ctx, expired, "op")
+		return err
+	})
+	if !errors.Is(err, errInTx) {
+		t.Fatalf("inside a transaction: %v", err)
+	}
+	if _, _, err := s.DropExpiredRedemptions(ctx, 12345, "op"); !errors.Is(err, pstderr.ErrUnknownKey) {
+		t.Fatalf("unknown key: %v", err)
+	}
+
+	rows, dropped, err := s.DropExpiredRedemptions(ctx, expired, "op")
+	if err != nil || !dropped || rows != 3 {
+		t.Fatalf("DropExpiredRedemptions = %d, %v, %v; want 3, true", rows, dropped, err)
+	}
+	parts, err := s.RedemptionPartitions(ctx)
+	if err != nil || !slices.Equal(parts, []uint32{live}) {
+		t.Fatalf("partitions after drop: %v, %v", parts, err)
+	}
+	rows, dropped, err = s.DropExpiredRedemptions(ctx, expired, "op")
+	if err != nil || dropped || rows != 0 {
+		t.Fatalf("second drop = %d, %v, %v; want 0, false, nil", rows, dropped, err)
+	}
+	// A late redemption under the dropped key fails closed.
+	if err := s.RecordRedemption(ctx, redemption(t, expired)); !errors.Is(err, pstderr.ErrUnknownKey) {
+		t.Fatalf("redemption after drop: %v", err)
+	}
+	got := auditActions(t, s)
+	if got[len(got)-1] != "redemptions.drop key:1" || slices.Index(got, "redemptions.drop key:1") != len(got)-1 {
+		t.Fatalf("audit: %q", got)
+	}
+	entries, err := s.ListAudit(ctx, int64(len(got)-1), 1)
+	if err != nil || string(entries[0].Details) != `{"rows": 3, "partition": "redemptions_k1"}` {
+		t.Fatalf("redemptions.drop details: %+v, %v", entries, err)
+	}
+	if n, err := s.VerifyAuditChain(ctx); err != nil || n != len(got) {
+		t.Fatalf("VerifyAuditChain: %d, %v", n, err)
+	}
+}
