@@ -12,7 +12,8 @@
 //     when the published key set changes (PublishCommitment).
 //   - redemptions: the double-spend guard, one row per redeemed token (key id
 //     and SHA-256 of the nonce), partitioned by key so an expired key's rows
-//     are dropped with their partition (DropExpiredRedemptions).
+//     are dropped with their partition (DropExpiredRedemptions, or the
+//     DropExpiredRedemptionPartitions sweep after a rotation has committed).
 //   - audit_log: an append-only, SHA-256 hash-chained log of every key,
 //     record-key, commitment and schema change, written in the same
 //     transaction as the change (VerifyAuditChain recomputes it).
@@ -40,8 +41,10 @@
 // called with that context joins it (a nested write uses a savepoint). Only
 // RecordRedemption always commits on its own connection, because a
 // redemption must be durable before the record leaves pstd; and
-// DropExpiredRedemptions refuses to run inside a transaction, because it
-// takes an exclusive lock on the redemptions table.
+// DropExpiredRedemptions and DropExpiredRedemptionPartitions refuse to run
+// inside a transaction (a WithRotationLock callback included), because they
+// take an ACCESS EXCLUSIVE lock on redemptions that must not be held for the
+// rest of a longer transaction.
 //
 // Lock order, to stay free of deadlocks: rotation lock, then the audit chain
 // lock (taken first by every audited write), then the commitment lock, then

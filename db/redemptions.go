@@ -111,6 +111,45 @@ func (s *Store) RedemptionCount(ctx context.Context, keyID uint32) (int64, error
 	return n, wrap("counting redemptions", err)
 }
 
+// DropExpiredRedemptionPartitions drops the redemptions partition of every
+// key that is retired and past its expiry (see DropExpiredRedemptions), each
+// in its own short transaction, and returns the key ids whose partitions it
+// dropped. It carries on past a key that fails and returns the joined
+// errors. Like DropExpiredRedemptions it refuses a context that carries a
+// transaction: call it after a rotation's transaction has committed (for
+// example right after WithRotationLock returns), never inside it.
+func (s *Store) DropExpiredRedemptionPartitions(ctx context.Context, actor string) ([]uint32, error) {
+	if s.txFrom(ctx) != nil {
+		return nil, errInTx
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT k.key_id FROM key_epochs k
+		WHERE k.retired_at IS NOT NULL AND k.expiry <= now()
+		  AND EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		              WHERE i.inhparent = 'redemptions'::regclass AND c.relname = 'redemptions_k' || k.key_id)
+		ORDER BY k.key_id`)
+	if err != nil {
+		return nil, wrap("finding expired redemptions", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, wrap("finding expired redemptions", err)
+	}
+	var dropped []uint32
+	var errs []error
+	for _, id := range ids {
+		_, ok, err := s.DropExpiredRedemptions(ctx, uint32(id), actor)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("key %d: %w", id, err))
+			continue
+		}
+		if ok {
+			dropped = append(dropped, uint32(id))
+		}
+	}
+	return dropped, errors.Join(errs...)
+}
+
 // DropExpiredRedemptions drops the redemptions partition of a key that is
 // retired and past its published expiry (so none of its tokens can redeem
 // any more) and appends a redemptions.drop audit record with the row count
@@ -118,10 +157,12 @@ func (s *Store) RedemptionCount(ctx context.Context, keyID uint32) (int64, error
 // number of rows dropped and whether there was a partition to drop. The
 // database function refuses keys that are not retired or not yet expired.
 //
-// It runs in its own short transaction, refusing a context that carries one:
-// the drop takes an exclusive lock on redemptions, which is held only for a
+// It runs in its own short transaction, refusing a context that carries one
+// (such as a WithRotationLock callback's): the drop takes an ACCESS EXCLUSIVE
+// lock on redemptions, which inside a longer transaction would stall every
+// redemption until that transaction ends. On its own the lock is held for a
 // moment and waited for at most a few seconds (then it fails Unavailable and
-// can be retried) so redemptions never queue behind it for long.
+// can be retried), so redemptions never queue behind it for long.
 func (s *Store) DropExpiredRedemptions(ctx context.Context, keyID uint32, actor string) (int64, bool, error) {
 	if s.txFrom(ctx) != nil {
 		return 0, false, errInTx

@@ -221,3 +221,55 @@ func TestDropExpiredRedemptions(t *testing.T) {
 		t.Fatalf("VerifyAuditChain: %d, %v", n, err)
 	}
 }
+
+func TestDropExpiredRedemptionPartitionsSweep(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	now := time.Now()
+	var expired []uint32
+	for range 2 {
+		id, err := s.NextKeyID(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CreateKeyEpoch(ctx, epoch(t, id, now.Add(-3*time.Hour), now.Add(-time.Hour)), "op"); err != nil {
+			t.Fatal(err)
+		}
+		expired = append(expired, id)
+	}
+	live := mustCreateKey(t, s)
+	unretired, err := s.NextKeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKeyEpoch(ctx, epoch(t, unretired, now.Add(-3*time.Hour), now.Add(-time.Hour)), "op"); err != nil {
+		t.Fatal(err)
+	}
+	// Retire inside a rotation, as the signer does; the sweep runs after.
+	ok, err := s.WithRotationLock(ctx, func(ctx context.Context) error {
+		for _, id := range append(slices.Clone(expired), live) {
+			if err := s.RetireKeyEpoch(ctx, id, "rotation"); err != nil {
+				return err
+			}
+		}
+		if _, err := s.DropExpiredRedemptionPartitions(ctx, "rotation"); !errors.Is(err, errInTx) {
+			t.Errorf("sweep inside the rotation transaction: %v, want a refusal", err)
+		}
+		return nil
+	})
+	if !ok || err != nil {
+		t.Fatalf("rotation: %v, %v", ok, err)
+	}
+	dropped, err := s.DropExpiredRedemptionPartitions(ctx, "rotation")
+	if err != nil || !slices.Equal(dropped, expired) {
+		t.Fatalf("sweep dropped %v, %v; want %v", dropped, err, expired)
+	}
+	parts, err := s.RedemptionPartitions(ctx)
+	if err != nil || !slices.Equal(parts, []uint32{live, unretired}) {
+		t.Fatalf("partitions left: %v, %v; want [%d %d]", parts, err, live, unretired)
+	}
+	if dropped, err := s.DropExpiredRedemptionPartitions(ctx, "rotation"); err != nil || len(dropped) != 0 {
+		t.Fatalf("second sweep: %v, %v", dropped, err)
+	}
+}
