@@ -95,25 +95,25 @@ func TestChromium(t *testing.T) {
 	t.Run("1 issuance of a full batch", func(t *testing.T) {
 		b := newBrowser(t, commitments, t.TempDir())
 		b.navigate(t, s.origin+"/demo/")
-		before := len(s.logLines(`"route":"/.well-known/private-state-token/issuance"`, `"status":200`))
+		before := s.metric("pstd_tokens_issued_total")
 		r := eval[issueResult](t, b, issueJS())
 		if !r.OK || !r.Has {
 			t.Fatalf("browser reports %+v, want issuance to succeed and hasPrivateToken true", r)
 		}
-		lines := s.logLines(`"route":"/.well-known/private-state-token/issuance"`, `"status":200`)
-		if len(lines) != before+1 {
-			t.Fatalf("server logged %d successful issuances, want 1", len(lines)-before)
+		if got := s.metric("pstd_tokens_issued_total") - before; got != 10 {
+			t.Fatalf("server issued %v tokens, want a full batch of 10", got)
 		}
-		if !strings.Contains(lines[len(lines)-1], `"tokens":10`) {
-			t.Fatalf("server did not issue a full batch of 10: %s", lines[len(lines)-1])
-		}
+		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":200`)
 		// The issuer page as a new user sees it.
 		screenshot(t, b, s.origin+"/demo/", filepath.Join(artifacts, "demo-issuer.png"), "#issue")
 	})
 
 	profile := t.TempDir() // kept across scenarios 2–4
+	var shared *browser     // scenarios 2 and 3 share one running browser
+	outer := t
 	t.Run("2 redemption and record sent to a relying party", func(t *testing.T) {
-		b := newBrowser(t, commitments, profile)
+		b := newBrowser(outer, commitments, profile)
+		shared = b
 		b.navigate(t, s.origin+"/demo/")
 		if r := eval[issueResult](t, b, issueJS()); !r.OK || !r.Has {
 			t.Fatalf("issuance: %+v", r)
@@ -138,15 +138,21 @@ func TestChromium(t *testing.T) {
 	})
 
 	t.Run("3 refreshPolicy none with a cached record", func(t *testing.T) {
-		b := newBrowser(t, commitments, profile)
+		b := shared
+		if b == nil {
+			t.Skip("scenario 2 did not run")
+		}
 		b.navigate(t, s.origin+"/demo/")
 		before := s.redemptions()
 		r := eval[issueResult](t, b, redeemJS("none"))
-		// Chromium answers from its record cache and rejects the fetch with
-		// NoModificationAllowedError; the record stays available.
-		if r.OK || r.Name != "NoModificationAllowedError" || !r.Has {
-			t.Fatalf("browser reports %+v, want NoModificationAllowedError with the cached record kept", r)
+		// Chromium answers from its record cache: in a fresh document the
+		// fetch resolves (status 200) without a network request; in the
+		// document that redeemed it rejects with NoModificationAllowedError.
+		// Either way the record stays available and the issuer sees nothing.
+		if !(r.OK || r.Name == "NoModificationAllowedError") || !r.Has {
+			t.Fatalf("browser reports %+v, want the cached record served", r)
 		}
+		t.Logf("page saw %+v", r)
 		if got := s.redemptions(); got != before {
 			t.Fatalf("a cached-record redemption reached the server (%d new rows)", got-before)
 		}
@@ -177,7 +183,11 @@ func TestChromium(t *testing.T) {
 			t.Fatal("commitment did not change")
 		}
 		// Restart the browser with the new commitment and the same profile:
-		// its tokens were issued under the old key.
+		// its tokens were issued under the old key. Close it gracefully so
+		// Chromium writes its token store to the profile.
+		if shared != nil {
+			shared.close(t)
+		}
 		b := newBrowser(t, rotated, profile)
 		b.navigate(t, s.origin+"/demo/")
 		if !eval[bool](t, b, `return await document.hasPrivateToken(location.origin);`) {
@@ -186,7 +196,7 @@ func TestChromium(t *testing.T) {
 		before := s.count("SELECT count(*) FROM redemptions WHERE key_id = $1", oldKey)
 		r := eval[issueResult](t, b, redeemJS("refresh"))
 		if !r.OK || !r.Has {
-			t.Fatalf("redeeming an old-key token after rotation: %+v", r)
+			t.Fatalf("redeeming an old-key token after rotation: %+v\n%s", r, strings.Join(s.logLines("redemption"), "\n"))
 		}
 		if got := s.count("SELECT count(*) FROM redemptions WHERE key_id = $1", oldKey); got != before+1 {
 			t.Fatalf("server recorded %d redemptions under the old key %d, want 1", got-before, oldKey)
@@ -231,9 +241,7 @@ func TestChromium(t *testing.T) {
 		if status != http.StatusBadRequest || !strings.Contains(problem, "unknown-key") {
 			t.Fatalf("redeeming a token of an unknown key: %d %s", status, problem)
 		}
-		if len(s.logLines(`"status":400`, "unknown-key")) == 0 {
-			t.Fatal("server did not log the unknown-key refusal")
-		}
+		s.waitLog(`"status":400`, "unknown-key")
 	})
 
 	t.Run("6 embedded issuer frame and Permissions-Policy", func(t *testing.T) {
@@ -255,6 +263,10 @@ func TestChromium(t *testing.T) {
 		for _, tc := range cases {
 			b.navigate(t, top+"/top.html?"+tc.query)
 			got := eval[issueResult](t, b, `return await window.frameResult;`)
+			t.Logf("%s: frame reports %+v", tc.name, got)
+			if !got.OK {
+				t.Logf("%s", strings.Join(s.logLines("issuance"), "\n"))
+			}
 			if got.OK != tc.wantOK || (tc.wantErr != "" && got.Name != tc.wantErr) {
 				t.Fatalf("%s: frame reports %+v, want ok=%v %s", tc.name, got, tc.wantOK, tc.wantErr)
 			}

@@ -261,6 +261,16 @@ func newBrowser(t *testing.T, commitments, profile string) *browser {
 	return b
 }
 
+// close shuts Chromium down gracefully (Browser.close), so that it flushes
+// its profile, and waits for it to exit.
+func (b *browser) close(t *testing.T) {
+	t.Helper()
+	if err := chromedp.Cancel(b.ctx); err != nil {
+		t.Logf("closing chromium: %v", err)
+	}
+	b.cancel()
+}
+
 func (b *browser) navigate(t *testing.T, url string) {
 	t.Helper()
 	if _, err := chromedp.Run(b.ctx, chromedp.Navigate(url)); err != nil {
@@ -298,3 +308,36 @@ func getBody(t *testing.T, url string) []byte {
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// waitLog waits up to 5 s for a log line containing every substring (the
+// access log is written after the response).
+func (s *stack) waitLog(substrs ...string) {
+	s.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.logLines(substrs...)) == 0 {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("pstd logged no line with %q", substrs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metric returns the sum of a Prometheus metric's samples from /metrics.
+func (s *stack) metric(name string) float64 {
+	s.t.Helper()
+	var sum float64
+	for _, line := range strings.Split(string(getBody(s.t, "http://"+s.listen+"/metrics")), "\n") {
+		if !strings.HasPrefix(line, name) || strings.HasPrefix(line, "#") {
+			continue
+		}
+		rest := strings.TrimPrefix(line, name)
+		if rest != "" && rest[0] != ' ' && rest[0] != '{' {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(rest[strings.LastIndex(rest, " ")+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
