@@ -109,7 +109,7 @@ func TestChromium(t *testing.T) {
 	})
 
 	profile := t.TempDir() // kept across scenarios 2–4
-	var shared *browser     // scenarios 2 and 3 share one running browser
+	var shared *browser    // scenarios 2 and 3 share one running browser
 	outer := t
 	t.Run("2 redemption and record sent to a relying party", func(t *testing.T) {
 		b := newBrowser(outer, commitments, profile)
