@@ -6,8 +6,18 @@ PKGS := ./...
 
 # Fuzz targets run briefly by `make test`, as ./package:FuzzName pairs,
 # e.g. ./signer/voprf:FuzzParseIssueRequest. Each runs for FUZZTIME.
-FUZZ_TARGETS :=
-FUZZTIME ?= 10s
+FUZZ_TARGETS := \
+	./signer/voprf:FuzzParseIssueRequest \
+	./signer/voprf:FuzzParseIssueResponse \
+	./signer/voprf:FuzzParseRedeemRequest \
+	./signer/voprf:FuzzRedeem \
+	./signer/voprf:FuzzParseClientData \
+	./signer/voprf:FuzzParseKeyBlobs \
+	./signer/voprf:FuzzClientFinish \
+	./rp:FuzzParseRedemptionRecordHeader \
+	./httpapi:FuzzIssuanceHandler \
+	./httpapi:FuzzRedemptionHandler
+FUZZTIME ?= 5s
 
 .PHONY: all build deps setup run stop test lint fmt fuzz bench clean
 
@@ -26,7 +36,11 @@ setup:
 	MAKE='$(MAKE)' deploy/dev/setup.sh
 
 run: setup
-	set -a && . ./.pstd/env && set +a && exec $(BIN)/pstd serve
+	@set -a && . ./.pstd/env && set +a && \
+	echo "pstd: serving $$PSTD_ISSUER_ORIGIN (demo pages at $$PSTD_ISSUER_ORIGIN/demo/)" && \
+	echo "Try it in Chromium:" && \
+	echo "  chromium --user-data-dir=\$$(mktemp -d) --additional-private-state-token-key-commitments='$$($(BIN)/pstctl commitment --chromium)' $$PSTD_ISSUER_ORIGIN/demo/" && \
+	exec $(BIN)/pstd serve --demo
 
 stop:
 	deploy/dev/stop.sh
@@ -40,6 +54,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -cpu 1 ./signer/voprf/
 
 clean:
 	rm -rf $(BIN)

@@ -59,11 +59,7 @@ fi
 # token, sealed VOPRF keys in the database). Both commands must be
 # idempotent, because setup runs on every `make setup` and `make run`.
 provision() {
-	if [[ ! -x bin/pstctl ]]; then
-		# TODO: remove this guard once cmd/pstctl exists.
-		pstd_log "bin/pstctl not built yet (cmd/pstctl is still being written); skipping migrate and keys init"
-		return 0
-	fi
+	[[ -x bin/pstctl ]] || pstd_die "bin/pstctl missing: make build failed?"
 	(
 		set -a
 		# shellcheck source=/dev/null

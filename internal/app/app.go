@@ -141,14 +141,8 @@ func (a StoreAdapter) CreateKeyEpoch(ctx context.Context, e signer.KeyEpoch, act
 		Imported: e.Imported, CreatedAt: e.CreatedAt, NotBefore: e.NotBefore, Expiry: e.Expiry}, actor)
 }
 
-// RetireKeyEpoch retires the key and drops its redemptions partition: a
-// token of an expired key can never redeem again, so its rows are dead weight.
 func (a StoreAdapter) RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) error {
-	if err := a.S.RetireKeyEpoch(ctx, keyID, actor); err != nil {
-		return err
-	}
-	_, _, err := a.S.DropExpiredRedemptions(ctx, keyID, actor)
-	return err
+	return a.S.RetireKeyEpoch(ctx, keyID, actor)
 }
 
 func (a StoreAdapter) LatestCommitment(ctx context.Context) (uint64, []uint32, []byte, error) {
@@ -183,6 +177,15 @@ func (a StoreAdapter) RecordRedemption(ctx context.Context, r signer.Redemption)
 	return a.S.RecordRedemption(ctx, db.Redemption(r))
 }
 
+// WithRotationLock runs a rotation step and, once it committed, drops the
+// redemption partitions of retired, expired keys: a token of an expired key
+// can never redeem again, so its rows are dead weight. The drop runs outside
+// the rotation transaction, each in its own short transaction, so its table
+// lock never waits behind HSM work; it is best effort.
 func (a StoreAdapter) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
-	return a.S.WithRotationLock(ctx, fn)
+	ok, err := a.S.WithRotationLock(ctx, fn)
+	if ok && err == nil {
+		_, _ = a.S.DropExpiredRedemptionPartitions(ctx, "pstd")
+	}
+	return ok, err
 }
