@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pstd/pstd/internal/pstderr"
@@ -168,30 +169,42 @@ func (s *Server) noteUnavailable(err error) {
 	}
 }
 
-func (s *Server) issuance(c echo.Context) error {
-	err := recovered(func() error { return s.doIssuance(c) })
-	outcome := "issued"
+// tokenRequest runs the checks every PST request shares — origin, readiness,
+// crypto version — and returns the decoded Sec-Private-State-Token value.
+func (s *Server) tokenRequest(c echo.Context, max int) ([]byte, error) {
+	req := c.Request()
+	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
+	if err := s.checkOrigin(req); err != nil {
+		return nil, err
+	}
+	if err := s.checkReady(); err != nil {
+		return nil, err
+	}
+	if err := checkVersion(req); err != nil {
+		return nil, err
+	}
+	return tokenHeader(req, max)
+}
+
+// counted runs a PST handler with panic recovery and counts its outcome.
+func counted(vec *prometheus.CounterVec, success string, h func() error) error {
+	err := recovered(h)
+	outcome := success
 	if err != nil {
 		outcome = problemFrom(err).reason
 	}
-	s.metrics.issuance.WithLabelValues(outcome).Inc()
+	vec.WithLabelValues(outcome).Inc()
 	return err
+}
+
+func (s *Server) issuance(c echo.Context) error {
+	return counted(s.metrics.issuance, "issued", func() error { return s.doIssuance(c) })
 }
 
 func (s *Server) doIssuance(c echo.Context) error {
 	req := c.Request()
 	ctx := req.Context()
-	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
-	if err := s.checkOrigin(req); err != nil {
-		return err
-	}
-	if err := s.checkReady(); err != nil {
-		return err
-	}
-	if err := checkVersion(req); err != nil {
-		return err
-	}
-	raw, err := tokenHeader(req, MaxIssueRequest)
+	raw, err := s.tokenRequest(c, MaxIssueRequest)
 	if err != nil {
 		return err
 	}
@@ -236,29 +249,13 @@ func (s *Server) doIssuance(c echo.Context) error {
 }
 
 func (s *Server) redemption(c echo.Context) error {
-	err := recovered(func() error { return s.doRedemption(c) })
-	outcome := "redeemed"
-	if err != nil {
-		outcome = problemFrom(err).reason
-	}
-	s.metrics.redemptions.WithLabelValues(outcome).Inc()
-	return err
+	return counted(s.metrics.redemptions, "redeemed", func() error { return s.doRedemption(c) })
 }
 
 func (s *Server) doRedemption(c echo.Context) error {
 	req := c.Request()
 	ctx := req.Context()
-	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
-	if err := s.checkOrigin(req); err != nil {
-		return err
-	}
-	if err := s.checkReady(); err != nil {
-		return err
-	}
-	if err := checkVersion(req); err != nil {
-		return err
-	}
-	raw, err := tokenHeader(req, MaxRedeemRequest)
+	raw, err := s.tokenRequest(c, MaxRedeemRequest)
 	if err != nil {
 		return err
 	}
