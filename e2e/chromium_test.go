@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -169,8 +170,7 @@ func TestChromium(t *testing.T) {
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			c, keys, err := voprf.ParseCommitment(getBody(t, s.origin+"/.well-known/private-state-token/key-commitment"))
-			if err == nil && keys[uint32(newKey)] != nil && keys[uint32(oldKey)] != nil {
-				_ = c
+			if err == nil && c.ID > 0 && keys[uint32(newKey)] != nil && keys[uint32(oldKey)] != nil {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -312,14 +312,11 @@ func redeemRaw(t *testing.T, s *stack, tok voprf.Token) (int, string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var body strings.Builder
-	buf := make([]byte, 4096)
-	n, _ := resp.Body.Read(buf)
-	body.Write(buf[:n])
+	body, _ := io.ReadAll(resp.Body)
 	if resp.Header.Get("Sec-Private-State-Token") != "" {
 		t.Fatal("a refusal carried a Sec-Private-State-Token header")
 	}
-	return resp.StatusCode, body.String()
+	return resp.StatusCode, string(body)
 }
 
 // screenshot clicks the page's button, waits, and saves a PNG.

@@ -1,6 +1,8 @@
 package signer
 
 import (
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,8 +54,12 @@ func (s *keySet) signing(now time.Time) (*LoadedKey, bool) {
 	return s.keys[t.KeyID], true
 }
 
-// keyring holds the current snapshot.
-type keyring struct{ cur atomic.Pointer[keySet] }
+// keyring holds the current snapshot and the keys waiting to be wiped.
+type keyring struct {
+	cur     atomic.Pointer[keySet]
+	mu      sync.Mutex
+	leaving []*voprf.PrivateKey
+}
 
 func (r *keyring) load() *keySet { return r.cur.Load() }
 
@@ -76,22 +82,34 @@ func (r *keyring) swap(next *keySet) {
 		}
 		gone = append(gone, k.Key)
 	}
-	if len(gone) > 0 {
-		time.AfterFunc(wipeDelay, func() {
-			for _, k := range gone {
-				k.Wipe()
-			}
-		})
-	}
-}
-
-// wipe clears every loaded key at once (shutdown, after requests drained).
-func (r *keyring) wipe() {
-	old := r.cur.Swap(nil)
-	if old == nil {
+	if len(gone) == 0 {
 		return
 	}
-	for _, k := range old.keys {
-		k.Key.Wipe()
+	r.mu.Lock()
+	r.leaving = append(r.leaving, gone...)
+	r.mu.Unlock()
+	time.AfterFunc(wipeDelay, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, k := range gone {
+			k.Wipe()
+		}
+		r.leaving = slices.DeleteFunc(r.leaving, func(k *voprf.PrivateKey) bool { return slices.Contains(gone, k) })
+	})
+}
+
+// wipe clears every loaded key, and every key still waiting for its delayed
+// wipe, at once (shutdown, after requests drained).
+func (r *keyring) wipe() {
+	if old := r.cur.Swap(nil); old != nil {
+		for _, k := range old.keys {
+			k.Key.Wipe()
+		}
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.leaving {
+		k.Wipe()
+	}
+	r.leaving = nil
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pstd/pstd/internal/pstderr"
@@ -76,6 +77,7 @@ type Store interface {
 	CreateKeyEpoch(ctx context.Context, e KeyEpoch, actor string) error
 	RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) error
 	LatestCommitment(ctx context.Context) (id uint64, keyIDs []uint32, body []byte, err error)
+	KeySetVersion(ctx context.Context) (uint64, error) // latest commitment id, cheap to poll
 	PublishCommitment(ctx context.Context, keyIDs []uint32, build func(id uint64) ([]byte, error), actor string) (id uint64, changed bool, err error)
 	RRKeys(ctx context.Context) ([]RRKeyInfo, error)
 	CreateRRKey(ctx context.Context, k RRKeyInfo, actor string) error
@@ -154,7 +156,7 @@ type Service struct {
 	ring    keyring
 
 	mu      sync.Mutex // serialises reloads
-	rr      atomicRR
+	rr      atomic.Pointer[rrState]
 	loadErr error
 }
 
@@ -458,7 +460,7 @@ func (s *Service) reload(ctx context.Context) error {
 		return err
 	}
 	s.ring.swap(next)
-	s.rr.store(rr)
+	s.rr.Store(rr)
 	if cur == nil || cur.version != version {
 		s.cfg.Logger.Info("loaded key set", "commitment_id", version, "keys", len(next.keys))
 	}
@@ -468,23 +470,6 @@ func (s *Service) reload(ctx context.Context) error {
 type rrState struct {
 	signing RRKey
 	jwks    []byte
-}
-
-type atomicRR struct {
-	mu sync.RWMutex
-	v  *rrState
-}
-
-func (a *atomicRR) load() *rrState {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.v
-}
-
-func (a *atomicRR) store(v *rrState) {
-	a.mu.Lock()
-	a.v = v
-	a.mu.Unlock()
 }
 
 func (s *Service) loadRR(ctx context.Context) (*rrState, error) {
@@ -558,7 +543,7 @@ func (s *Service) Run(ctx context.Context) {
 
 func (s *Service) refreshIfChanged(ctx context.Context) error {
 	cur := s.ring.load()
-	version, _, _, err := s.store.LatestCommitment(ctx)
+	version, err := s.store.KeySetVersion(ctx)
 	if err != nil {
 		s.mu.Lock()
 		s.loadErr = s.dbErr(err, "reading the commitment failed")
@@ -622,7 +607,7 @@ func (l liveKeys) Key(id uint32) (*voprf.PrivateKey, bool) { return l.ks.live(id
 // database write leaves the token unspent.
 func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 	ks := s.ring.load()
-	rr := s.rr.load()
+	rr := s.rr.Load()
 	if ks == nil || rr == nil {
 		return "", pstderr.New(pstderr.Unavailable, "keys not loaded")
 	}
@@ -658,7 +643,7 @@ func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 
 // JWKS returns the redemption-record keys as a JSON Web Key Set.
 func (s *Service) JWKS(ctx context.Context) ([]byte, error) {
-	rr := s.rr.load()
+	rr := s.rr.Load()
 	if rr == nil {
 		return nil, pstderr.New(pstderr.Unavailable, "record keys not loaded")
 	}

@@ -139,6 +139,10 @@ func (m *memStore) LatestCommitment(context.Context) (uint64, []uint32, []byte, 
 	c := m.commitments[len(m.commitments)-1]
 	return c.id, c.ids, c.body, nil
 }
+func (m *memStore) KeySetVersion(ctx context.Context) (uint64, error) {
+	id, _, _, err := m.LatestCommitment(ctx)
+	return id, err
+}
 func (m *memStore) PublishCommitment(_ context.Context, ids []uint32, build func(uint64) ([]byte, error), _ string) (uint64, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

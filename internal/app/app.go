@@ -149,6 +149,10 @@ func (a StoreAdapter) LatestCommitment(ctx context.Context) (uint64, []uint32, [
 	return a.S.LatestCommitment(ctx)
 }
 
+func (a StoreAdapter) KeySetVersion(ctx context.Context) (uint64, error) {
+	return a.S.KeySetVersion(ctx)
+}
+
 func (a StoreAdapter) PublishCommitment(ctx context.Context, ids []uint32, build func(uint64) ([]byte, error), actor string) (uint64, bool, error) {
 	return a.S.PublishCommitment(ctx, ids, build, actor)
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,7 +43,7 @@ func TestThreeReplicasOneToken(t *testing.T) {
 		urls = append(urls, srv.URL)
 	}
 	// Issue a batch of 10 over HTTP from replica 0.
-	body := get(t, urls[0]+"/.well-known/private-state-token/key-commitment", nil)
+	body := get(t, urls[0]+"/.well-known/private-state-token/key-commitment")
 	_, keys, err := voprf.ParseCommitment(body)
 	if err != nil {
 		t.Fatal(err)
@@ -109,20 +109,15 @@ func do(t *testing.T, url, token string) *http.Response {
 	return resp
 }
 
-func get(t *testing.T, url string, _ []string) []byte {
+func get(t *testing.T, url string) []byte {
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 8192)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return []byte(b.String())
+	return b
 }
