@@ -15,7 +15,7 @@ cd "$PSTD_ROOT"
 GO=${GO:-go}
 PKGS=${PKGS:-./...}
 FUZZ_TARGETS=${FUZZ_TARGETS:-}
-FUZZTIME=${FUZZTIME:-10s}
+FUZZTIME=${FUZZTIME:-50000x}
 
 # Tests must not pick up a developer's sourced .pstd/env (or any other PSTD_
 # setting) and touch the dev database or token. PSTD_TEST_* stays.
@@ -48,6 +48,6 @@ for t in $FUZZ_TARGETS; do
 	pkg=${t%%:*}
 	name=${t##*:}
 	[[ -n $pkg && -n $name && $pkg != "$t" ]] || pstd_die "FUZZ_TARGETS entry \"$t\" is not ./pkg:FuzzName"
-	pstd_log "fuzz $pkg $name for $FUZZTIME"
+	pstd_log "fuzz $pkg $name, -fuzztime=$FUZZTIME"
 	"$GO" test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg"
 done
