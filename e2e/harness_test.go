@@ -101,8 +101,21 @@ func requireChromium(t *testing.T) {
 func newStack(t *testing.T) *stack {
 	t.Helper()
 	requireChromium(t)
-	dbURL := testenv.NewDatabase(t)
-	tok := testenv.NewToken(t)
+	return newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
+}
+
+// newStackOn is newStack on a given database and token, without Chromium.
+func newStackOn(t *testing.T, dbURL string, tok testenv.Token) *stack {
+	t.Helper()
+	s := prepareStack(t, dbURL, tok)
+	s.start()
+	return s
+}
+
+// prepareStack migrates the database and provisions keys (pstctl), but
+// starts no server.
+func prepareStack(t *testing.T, dbURL string, tok testenv.Token) *stack {
+	t.Helper()
 	pinFile := filepath.Join(t.TempDir(), "pin")
 	if err := os.WriteFile(pinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,8 +138,6 @@ func newStack(t *testing.T) *stack {
 	}
 	s.pstctl("migrate")
 	s.pstctl("keys", "init")
-	s.start()
-	t.Cleanup(s.stop)
 	return s
 }
 
@@ -142,7 +153,16 @@ func (s *stack) pstctl(args ...string) string {
 	return out.String()
 }
 
+// start runs `pstd serve --demo` and waits until /readyz answers 200.
 func (s *stack) start() {
+	s.t.Helper()
+	s.launch()
+	s.waitReady(30 * time.Second)
+}
+
+// launch runs `pstd serve --demo` without waiting for readiness; the
+// process is stopped when the test ends.
+func (s *stack) launch() {
 	s.t.Helper()
 	s.logs = &syncBuffer{}
 	s.cmd = exec.Command(filepath.Join(binDir, "pstd"), "serve", "--demo")
@@ -153,7 +173,13 @@ func (s *stack) start() {
 	}
 	s.stopped = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.stopped) }()
-	deadline := time.Now().Add(30 * time.Second)
+	s.t.Cleanup(s.stop)
+}
+
+// waitReady waits until /readyz answers 200.
+func (s *stack) waitReady(within time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + s.listen + "/readyz")
 		if err == nil {
@@ -168,7 +194,7 @@ func (s *stack) start() {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	s.t.Fatalf("pstd not ready after 30s:\n%s", s.logs.String())
+	s.t.Fatalf("pstd not ready after %v:\n%s", within, s.logs.String())
 }
 
 func (s *stack) stop() {

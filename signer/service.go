@@ -377,37 +377,63 @@ func (s *Service) ensureRRKey(ctx context.Context) error {
 			return nil
 		}
 	}
-	_, err = s.RotateRRKey(ctx, s.cfg.Actor)
+	_, err = s.rotateRRKey(ctx, s.cfg.Actor)
 	return err
 }
 
 // RotateRRKey creates a new redemption-record key in the HSM and retires the
 // current one, which stays in the JWKS until every record it signed expired.
+// It runs under the rotation lock, so replicas never race for the next id,
+// and in its transaction, so the new key and the retirements land together.
 func (s *Service) RotateRRKey(ctx context.Context, actor string) (string, error) {
+	var id string
+	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+		var err error
+		id, err = s.rotateRRKey(ctx, actor)
+		return err
+	})
+	if err == nil && !ok {
+		err = errors.New("another replica is rotating; try again")
+	}
+	return id, err
+}
+
+// rotateRRKey is RotateRRKey for a caller that holds the rotation lock.
+func (s *Service) rotateRRKey(ctx context.Context, actor string) (string, error) {
 	keys, err := s.store.RRKeys(ctx)
 	if err != nil {
 		return "", s.dbErr(err, "reading record keys failed")
 	}
-	n := len(keys) + 1
-	id := fmt.Sprintf("rr-%d", n)
+	id := fmt.Sprintf("rr-%d", len(keys)+1)
 	signer, err := s.custody.GenerateRRKey(ctx, id)
 	if err != nil {
-		return "", s.hsmErr(err, "generating the record key failed")
+		// An earlier attempt may have made the key and then failed to
+		// store it (the database went away between the two). Such a key
+		// never signed anything, since only stored keys sign; take it
+		// rather than be stuck on this id for ever.
+		orphan, ferr := s.custody.FindRRKey(ctx, id)
+		if ferr != nil {
+			return "", s.hsmErr(err, "generating the record key failed")
+		}
+		s.cfg.Logger.Warn("using a record key an earlier, failed rotation left on the token", "kid", id)
+		signer = orphan
 	}
 	der, err := x509.MarshalPKIXPublicKey(signer.Public())
 	if err != nil {
 		return "", err
 	}
 	now := s.cfg.Clock.Now()
+	// The new key first: if a retirement then fails, the newest key
+	// signs and the old one merely stays published a little longer.
+	if err := s.store.CreateRRKey(ctx, RRKeyInfo{ID: id, PublicDER: der, CreatedAt: now}, actor); err != nil {
+		return "", s.dbErr(err, "storing the record key failed")
+	}
 	for _, k := range keys {
 		if !k.Retired {
 			if err := s.store.RetireRRKey(ctx, k.ID, now.Add(s.cfg.RecordLifetime+time.Hour), actor); err != nil {
 				return "", s.dbErr(err, "retiring the record key failed")
 			}
 		}
-	}
-	if err := s.store.CreateRRKey(ctx, RRKeyInfo{ID: id, PublicDER: der, CreatedAt: now}, actor); err != nil {
-		return "", s.dbErr(err, "storing the record key failed")
 	}
 	return id, nil
 }

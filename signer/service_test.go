@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/aes"
@@ -8,6 +9,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"slices"
 	"sync"
@@ -53,6 +55,9 @@ func (m *memCustody) Random(n int) ([]byte, error) {
 func (m *memCustody) GenerateRRKey(_ context.Context, id string) (crypto.Signer, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, ok := m.rr[id]; ok {
+		return nil, errors.New("key exists") // as the HSM refuses to replace a key
+	}
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	m.rr[id] = k
 	return k, nil
@@ -74,11 +79,12 @@ func (m *memCustody) Ping(context.Context) error {
 }
 
 type memStore struct {
-	mu          sync.Mutex
-	epochs      map[uint32]KeyEpoch
-	retired     map[uint32]bool
-	nextID      uint32
-	commitments []struct {
+	failCreateRR bool
+	mu           sync.Mutex
+	epochs       map[uint32]KeyEpoch
+	retired      map[uint32]bool
+	nextID       uint32
+	commitments  []struct {
 		id   uint64
 		ids  []uint32
 		body []byte
@@ -173,6 +179,9 @@ func (m *memStore) RRKeys(context.Context) ([]RRKeyInfo, error) {
 func (m *memStore) CreateRRKey(_ context.Context, k RRKeyInfo, _ string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failCreateRR {
+		return errors.New("database went away")
+	}
 	m.rr = append(m.rr, k)
 	return nil
 }
@@ -387,5 +396,38 @@ func TestServiceImportKey(t *testing.T) {
 	tok := issueToken(t, s)
 	if tok.KeyID != 42 {
 		t.Fatalf("issued under %d, want the imported 42", tok.KeyID)
+	}
+}
+
+// TestRotateRRKeyAfterFailedStore: the HSM made rr-2 but storing it failed;
+// the next rotation must take that key rather than fail on its id for ever,
+// and the old key keeps signing meanwhile.
+func TestRotateRRKeyAfterFailedStore(t *testing.T) {
+	s, st, cu := newService(t, &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)})
+	ctx := context.Background()
+	if _, err := s.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	st.failCreateRR = true
+	st.mu.Unlock()
+	if _, err := s.RotateRRKey(ctx, "test"); err == nil {
+		t.Fatal("RotateRRKey succeeded with the database refusing the key")
+	}
+	keys, _ := st.RRKeys(ctx)
+	if len(keys) != 1 || keys[0].Retired {
+		t.Fatalf("after a failed rotation: %+v, want rr-1 still signing", keys)
+	}
+	st.mu.Lock()
+	st.failCreateRR = false
+	st.mu.Unlock()
+	id, err := s.RotateRRKey(ctx, "test")
+	if err != nil || id != "rr-2" {
+		t.Fatalf("RotateRRKey after the failure: %q, %v", id, err)
+	}
+	keys, _ = st.RRKeys(ctx)
+	want, _ := x509.MarshalPKIXPublicKey(cu.rr["rr-2"].Public())
+	if len(keys) != 2 || !keys[0].Retired || keys[1].Retired || !bytes.Equal(keys[1].PublicDER, want) {
+		t.Fatalf("after rotation: %+v", keys)
 	}
 }

@@ -96,6 +96,70 @@ func TestThreeReplicasOneToken(t *testing.T) {
 	}
 }
 
+// TestHTTPIssueAndRedeem: one server on SoftHSM and PostgreSQL, the Go
+// client over HTTP at batch 1, 10 and an over-large 15 (capped at the
+// batch size): every token redeems once with a record that verifies
+// against the JWKS, and a second redemption is refused with 409.
+func TestHTTPIssueAndRedeem(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.service(t, &clock{t: time.Now()}, true)
+	if _, err := s.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	api := httpapi.New(httpapi.Config{IssuerOrigin: "https://issuer.example"}, s)
+	if err := api.CheckReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{"https://issuer.example": srv.URL + rp.JWKSPath}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, keys, err := voprf.ParseCommitment(get(t, srv.URL+"/.well-known/private-state-token/key-commitment"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := voprf.NewClient(keys[voprf.SortedKeyIDs(keys)[0]])
+	for _, c := range []struct{ ask, want int }{{1, 1}, {10, 10}, {15, 10}} {
+		p, err := client.Blind(c.ask, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp := do(t, srv.URL+"/.well-known/private-state-token/issuance", base64.StdEncoding.EncodeToString(p.Request()))
+		if resp.StatusCode != 200 {
+			t.Fatalf("batch %d: issuance %d", c.ask, resp.StatusCode)
+		}
+		raw, err := base64.StdEncoding.DecodeString(resp.Header.Get("Sec-Private-State-Token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks, err := client.Finish(p, raw)
+		if err != nil || len(toks) != c.want {
+			t.Fatalf("batch %d: %d tokens (%v), want %d", c.ask, len(toks), err, c.want)
+		}
+		for i, tok := range toks {
+			cd, _ := voprf.MarshalClientData(&voprf.ClientData{RedeemingOrigin: "https://rp.example", RedemptionTimestamp: uint64(time.Now().Unix())})
+			rr, _ := voprf.MarshalRedeemRequest(&tok, cd)
+			hdr := base64.StdEncoding.EncodeToString(rr)
+			r := do(t, srv.URL+"/.well-known/private-state-token/redemption", hdr)
+			if r.StatusCode != 200 {
+				t.Fatalf("batch %d token %d: redemption %d", c.ask, i, r.StatusCode)
+			}
+			rec, err := v.VerifyRecord(context.Background(), "https://issuer.example", r.Header.Get("Sec-Private-State-Token"))
+			if err != nil || rec.Audience != "https://rp.example" || rec.KeyID != tok.KeyID {
+				t.Fatalf("batch %d token %d: record %+v, %v", c.ask, i, rec, err)
+			}
+			if again := do(t, srv.URL+"/.well-known/private-state-token/redemption", hdr); again.StatusCode != 409 || again.Header.Get("Sec-Private-State-Token") != "" {
+				t.Fatalf("batch %d token %d: second redemption %d", c.ask, i, again.StatusCode)
+			}
+		}
+	}
+}
+
 func do(t *testing.T, url, token string) *http.Response {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Sec-Private-State-Token-Crypto-Version", voprf.ProtocolVersion)

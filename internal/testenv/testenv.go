@@ -14,10 +14,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -178,4 +180,158 @@ func NewToken(t testing.TB) Token {
 		_ = del.Run()
 	})
 	return tok
+}
+
+// dir returns the token's directory in SoftHSM's token store: the one
+// whose token.object names the (random, so unique) label.
+func (tok Token) dir(t testing.TB) string {
+	t.Helper()
+	objs, err := filepath.Glob(filepath.Join(filepath.Dir(tok.Conf), "tokens", "*", "token.object"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		b, err := os.ReadFile(o)
+		if err == nil && strings.Contains(string(b), tok.Label) {
+			return filepath.Dir(o)
+		}
+	}
+	t.Fatalf("no SoftHSM token directory holds label %s", tok.Label)
+	return ""
+}
+
+// Unplug takes the token away from every process using it, as an HSM
+// partition going offline would: its directory leaves SoftHSM's token
+// store, so its objects vanish from open sessions and a fresh C_Initialize
+// finds no such token. Replug puts it back; the test's cleanup does too.
+func (tok Token) Unplug(t testing.TB) {
+	t.Helper()
+	d := tok.dir(t)
+	away := filepath.Join(filepath.Dir(tok.Conf), "unplugged-"+tok.Label)
+	if err := os.Rename(d, away); err != nil {
+		t.Fatalf("unplug token: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := os.Stat(away); err == nil {
+			_ = os.Rename(away, d)
+		}
+	})
+	unplugged.Store(tok.Label, d)
+}
+
+// Replug undoes Unplug.
+func (tok Token) Replug(t testing.TB) {
+	t.Helper()
+	d, ok := unplugged.LoadAndDelete(tok.Label)
+	if !ok {
+		t.Fatalf("token %s is not unplugged", tok.Label)
+	}
+	away := filepath.Join(filepath.Dir(tok.Conf), "unplugged-"+tok.Label)
+	if err := os.Rename(away, d.(string)); err != nil {
+		t.Fatalf("replug token: %v", err)
+	}
+}
+
+var unplugged sync.Map // label -> original directory
+
+// Cluster is a private PostgreSQL cluster that a test may stop and start,
+// made with deploy/dev/pg.sh (the same script as the development and test
+// clusters). Use it only for tests that take the database away; the others
+// share the `make test` cluster through NewDatabase.
+type Cluster struct {
+	// URL connects to the cluster's postgres database as superuser.
+	URL  string
+	dir  string
+	port int
+	pgsh string
+}
+
+// NewCluster starts a throwaway cluster on a free port; it is stopped and
+// deleted when the test ends.
+func NewCluster(t testing.TB) *Cluster {
+	t.Helper()
+	AdminDatabaseURL(t) // the same precondition as every database test
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "pstd-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The postgres account must traverse it (pg.sh runs the server as it).
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{dir: dir, pgsh: filepath.Join(root, "deploy", "dev", "pg.sh")}
+	t.Cleanup(func() {
+		_ = exec.Command(c.pgsh, "stop", filepath.Join(c.dir, "pg")).Run()
+		_ = os.RemoveAll(dir)
+	})
+	for attempt := 0; ; attempt++ {
+		c.port = freePort(t)
+		err := c.run("start", strconv.Itoa(c.port), "--throwaway")
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("starting a private cluster: %v", err)
+		}
+	}
+	c.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.port)
+	return c
+}
+
+// Stop shuts the cluster down (fast mode: open connections are cut).
+func (c *Cluster) Stop(t testing.TB) {
+	t.Helper()
+	if err := c.run("stop"); err != nil {
+		t.Fatalf("stopping the cluster: %v", err)
+	}
+}
+
+// Start starts it again on the same port.
+func (c *Cluster) Start(t testing.TB) {
+	t.Helper()
+	if err := c.run("start", strconv.Itoa(c.port), "--throwaway"); err != nil {
+		t.Fatalf("restarting the cluster: %v", err)
+	}
+}
+
+func (c *Cluster) run(args ...string) error {
+	full := append([]string{args[0], filepath.Join(c.dir, "pg")}, args[1:]...)
+	out, err := exec.Command(c.pgsh, full...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg.sh %s: %v: %s", strings.Join(full, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// repoRoot is the directory holding go.mod, found from the working
+// directory (go test runs in the package's directory).
+func repoRoot() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		d = parent
+	}
 }

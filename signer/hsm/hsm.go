@@ -38,6 +38,9 @@ type HSM struct {
 
 	reconnects atomic.Uint64
 	kekMu      sync.Mutex // serialises EnsureKEK's find-or-generate
+	// kekKnown is set once EnsureKEK found or made the KEK: from then on
+	// Ping also proves the token still holds it.
+	kekKnown atomic.Bool
 
 	pingMu sync.Mutex
 	ping   *flight
@@ -221,7 +224,8 @@ func (h *HSM) run(fn func(l *live) error) (seen uint64, lost bool, err error) {
 	return l.gen, false, err
 }
 
-// Ping proves that the token answers and the session is logged in; a lost
+// Ping proves that the token answers, the session is logged in and (after
+// EnsureKEK) the key-encryption key is still there; a lost
 // session is reconnected (subject to the backoff). Concurrent pings share
 // one probe, and a token that hangs costs the caller no more than ctx
 // allows.
@@ -232,7 +236,12 @@ func (h *HSM) Ping(ctx context.Context) error {
 		f = &flight{done: make(chan struct{})}
 		h.ping = f
 		go func() {
-			f.err = h.do(func(l *live) error { return l.b.ping() })
+			f.err = h.do(func(l *live) error {
+				if err := l.b.ping(); err != nil {
+					return err
+				}
+				return h.checkKEKPresent(l)
+			})
 			h.pingMu.Lock()
 			h.ping = nil
 			h.pingMu.Unlock()
@@ -375,8 +384,30 @@ func (h *HSM) EnsureKEK(ctx context.Context) error {
 		l.mu.Lock()
 		l.keks[KEKGeneration] = k
 		l.mu.Unlock()
+		h.kekKnown.Store(true)
 		return nil
 	})
+}
+
+// checkKEKPresent looks the KEK up afresh (one FindObjects round trip). A
+// session can stay logged in while the token behind it has gone: an HSM
+// partition taken offline, a token removed, SoftHSM's token directory gone.
+// Every key operation would then fail, so readiness must fail too; the
+// connection is treated as lost so that Ping reconnects (with backoff) and
+// notices when the token is back.
+func (h *HSM) checkKEKPresent(l *live) error {
+	if !h.kekKnown.Load() {
+		return nil
+	}
+	label := KEKLabel(KEKGeneration)
+	_, ok, err := l.b.findAESKey(label)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: the token no longer shows key-encryption key %s", errSessionLost, label)
+	}
+	return nil
 }
 
 // Seal encrypts plaintext under the KEK inside the token with AES-256-GCM.

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -680,5 +681,55 @@ func TestSoftHSMGCMMatchesGo(t *testing.T) {
 	}
 	if code, _ := p11Code(err); code != pkcs11.CKR_GENERAL_ERROR {
 		t.Logf("note: SoftHSM2 now reports a bad GCM tag as %v", code)
+	}
+}
+
+// TestSoftHSMTokenUnpluggedAndBack: the token goes away while sessions stay
+// open (an HSM partition taken offline). Ping must fail, not just report a
+// logged-in session, key operations must fail as unavailable, and once the
+// token is back the HSM reconnects by itself and the old blob and signer
+// work again.
+func TestSoftHSMTokenUnpluggedAndBack(t *testing.T) {
+	tok, h := openWithKEK(t)
+	ctx := context.Background()
+	s, err := h.GenerateRRKey(ctx, "rr-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := h.Seal([]byte("k"), []byte("aad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("record"))
+
+	tok.Unplug(t)
+	if err := h.Ping(ctx); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Ping with the token gone = %v, want ErrUnavailable", err)
+	}
+	if _, err := h.Unseal(sealed, []byte("aad")); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Unseal with the token gone = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.Sign(nil, d[:], crypto.SHA256); err == nil {
+		t.Fatal("Sign with the token gone succeeded")
+	}
+
+	tok.Replug(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := h.Ping(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping still failing 15 s after the token came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pt, err := h.Unseal(sealed, []byte("aad")); err != nil || string(pt) != "k" {
+		t.Fatalf("Unseal after the token came back: %q, %v", pt, err)
+	}
+	sig, err := s.Sign(nil, d[:], crypto.SHA256)
+	if err != nil || !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
+		t.Fatalf("Sign after the token came back: %v", err)
 	}
 }
