@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -421,4 +422,69 @@ func TestStartWithoutUsableToken(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestSIGTERMUnderLoad: SIGTERM while redemptions are flowing. pstd stops
+// accepting, finishes what is in flight and exits 0; every record a client
+// got has its row, and every row belongs to a record a client got.
+func TestSIGTERMUnderLoad(t *testing.T) {
+	s := newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
+	toks := s.issueTokens(60)
+	var (
+		mu      sync.Mutex
+		records []string
+		seen    = map[string]int{}
+		wg      sync.WaitGroup
+	)
+	work := make(chan voprf.Token)
+	for range 4 {
+		wg.Go(func() {
+			for tok := range work {
+				o := s.redeemToken(tok)
+				mu.Lock()
+				switch {
+				case o.err != nil:
+					seen["transport error"]++
+				case o.status == http.StatusOK && o.token != "":
+					records = append(records, o.token)
+					seen["200"]++
+				case o.status == http.StatusServiceUnavailable && o.token == "":
+					seen["503"]++
+				default:
+					t.Errorf("redemption during shutdown: %+v", o)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for i, tok := range toks {
+		if i == 20 {
+			if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+		}
+		work <- tok
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case <-s.stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("pstd still running 30 s after SIGTERM:\n%s", s.logs.String())
+	}
+	if code := s.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM:\n%s", code, s.logs.String())
+	}
+	if len(s.logLines("stopped; wiping keys")) == 0 {
+		t.Errorf("no shutdown line logged:\n%s", s.logs.String())
+	}
+	if len(records) < 15 {
+		t.Fatalf("outcomes %v: the redemptions before SIGTERM should have succeeded", seen)
+	}
+	if n := s.redemptions(); n != len(records) {
+		t.Fatalf("%d rows for %d records returned (outcomes %v)", n, len(records), seen)
+	}
+	t.Logf("outcomes: %v", seen)
+	s.assertNo500()
 }
