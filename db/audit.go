@@ -24,6 +24,7 @@ const (
 	ActionRRKeyRetire       = "rr_key.retire"
 	ActionRedemptionsDrop   = "redemptions.drop"
 	ActionSchemaMigrate     = "schema.migrate"
+	ActionKEKCreate         = "kek.create"
 )
 
 // Event is one audit record to append. The database assigns its sequence

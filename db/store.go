@@ -19,6 +19,7 @@ const (
 	lockClass      = 1886614628
 	lockRotation   = 1
 	lockAudit      = 2
+	lockProvision  = 3 // creating token-wide objects (the KEK) once across replicas
 	lockCommitment = 3
 )
 
@@ -190,6 +191,21 @@ func (s *Store) WithRotationLock(ctx context.Context, fn func(ctx context.Contex
 		return fn(ctx)
 	})
 	return held, err
+}
+
+// WithProvisionLock runs fn in a transaction holding the provisioning lock,
+// waiting for it if another replica holds it. It serialises the creation of
+// objects that must exist once per token, such as the key-encryption key:
+// PKCS#11 has no "create if absent", so two replicas starting at once on a
+// fresh token would otherwise each make one. Store calls with fn's context
+// join the transaction (audit the creation there).
+func (s *Store) WithProvisionLock(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.inTx(ctx, "provisioning lock", func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, lockClass, lockProvision); err != nil {
+			return wrap("provisioning lock", err)
+		}
+		return fn(ctx)
+	})
 }
 
 // lockAuditChain takes the audit chain lock. Every audited write takes it

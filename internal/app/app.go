@@ -80,7 +80,7 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, hook
 		store.Close()
 		return nil, fmt.Errorf("HSM: %w", err)
 	}
-	if err := h.EnsureKEK(ctx); err != nil {
+	if err := ensureKEK(ctx, store, h, hcfg.TokenLabel, log); err != nil {
 		h.Close()
 		store.Close()
 		return nil, fmt.Errorf("HSM key-encryption key: %w", err)
@@ -100,6 +100,31 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, hook
 		return nil, err
 	}
 	return &App{Store: store, HSM: h, Service: svc}, nil
+}
+
+// ensureKEK makes sure the token holds the key-encryption key. Finding it
+// needs only the token, so a provisioned replica starts even while the
+// database is down. Creating it happens under the database's provisioning
+// lock, so replicas starting together on a fresh token make exactly one,
+// and the creation is on the audit log.
+func ensureKEK(ctx context.Context, store *db.Store, h *hsm.HSM, tokenLabel string, log *slog.Logger) error {
+	if ok, err := h.FindKEK(ctx); err != nil || ok {
+		return err
+	}
+	return store.WithProvisionLock(ctx, func(ctx context.Context) error {
+		ok, err := h.FindKEK(ctx) // another replica may have made it meanwhile
+		if err != nil || ok {
+			return err
+		}
+		if err := h.EnsureKEK(ctx); err != nil {
+			return err
+		}
+		label := hsm.KEKLabel(hsm.KEKGeneration)
+		log.Info("created the key-encryption key", "label", label)
+		_, err = store.AppendAudit(ctx, db.Event{Actor: "pstd", Action: db.ActionKEKCreate, Subject: "kek:" + label,
+			Details: map[string]any{"hsm_label": tokenLabel, "generation": hsm.KEKGeneration}})
+		return err
+	})
 }
 
 // Close wipes keys and closes the HSM and the database.

@@ -135,3 +135,18 @@ func isAuthFailure(err error) bool {
 type panicError struct{ v any }
 
 func (e panicError) Error() string { return fmt.Sprintf("hsm: PKCS#11 call panicked: %v", e.v) }
+
+// beforeLogin marks a dial failure that happened before the token checked
+// the PIN (the module would not initialise, no session opened, C_Login
+// failed with a device or general error rather than a PIN error): trying
+// again costs the PIN nothing, so Open does, briefly.
+type beforeLogin struct{ err error }
+
+func (e beforeLogin) Error() string { return e.err.Error() }
+func (e beforeLogin) Unwrap() error { return e.err }
+
+// retryableDial reports whether Open may dial again after err.
+func retryableDial(err error) bool {
+	var bl beforeLogin
+	return errors.Is(err, ErrNoToken) || errors.As(err, &bl)
+}

@@ -63,6 +63,9 @@ type flight struct {
 const (
 	minBackoff = 250 * time.Millisecond
 	maxBackoff = 30 * time.Second
+
+	noTokenAttempts = 4
+	noTokenRetryGap = 150 * time.Millisecond
 )
 
 var errDisconnected = fmt.Errorf("%w: no session", ErrUnavailable)
@@ -88,6 +91,17 @@ func open(cfg Config, dial dialFunc) (*HSM, error) {
 		h.log = slog.Default()
 	}
 	b, err := dial(h.cfg, h.pin)
+	// A token that is not listed, or a module that fails to initialise, is
+	// tried again, briefly: SoftHSM2's file store hides a token from
+	// C_GetSlotList, or fails C_Initialize with CKR_GENERAL_ERROR, for a
+	// moment while another process writes one of its objects (seen with
+	// replicas starting together). No login has happened, so this costs
+	// the PIN nothing; a token that is really absent is reported 0.45 s
+	// later. A refused PIN is never retried.
+	for attempt := 1; attempt < noTokenAttempts && retryableDial(err); attempt++ {
+		time.Sleep(noTokenRetryGap)
+		b, err = dial(h.cfg, h.pin)
+	}
 	if err != nil {
 		Wipe(h.pin)
 		return nil, err
@@ -355,6 +369,34 @@ func (l *live) checkSecret(k objHandle, label string) error {
 		return fmt.Errorf("KEK %s: %w", label, err)
 	}
 	return nil
+}
+
+// FindKEK reports whether the token holds the key-encryption key, checking
+// its attributes if it does. It never creates one.
+func (h *HSM) FindKEK(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	label := KEKLabel(KEKGeneration)
+	var found bool
+	err := h.do(func(l *live) error {
+		k, ok, err := l.b.findAESKey(label)
+		if err != nil || !ok {
+			return err
+		}
+		if err := l.checkSecret(k, label); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.keks[KEKGeneration] = k
+		l.mu.Unlock()
+		found = true
+		return nil
+	})
+	if found {
+		h.kekKnown.Store(true)
+	}
+	return found, err
 }
 
 // EnsureKEK finds the key-encryption key on the token or, if there is none,

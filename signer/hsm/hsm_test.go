@@ -426,3 +426,36 @@ func TestStaleHandleReconnectsOnlyWhenSessionLost(t *testing.T) {
 		t.Fatalf("reconnects = %d after signing with a deleted key, want 1", h.Reconnects())
 	}
 }
+
+// TestOpenLooksForAMissingTokenBriefly: a token that is not listed is
+// looked for a few times (SoftHSM2 hides one for a moment while another
+// process writes it), a refused PIN exactly once.
+func TestOpenLooksForAMissingTokenBriefly(t *testing.T) {
+	cfg := Config{ModulePath: "/m.so", TokenLabel: "t", PIN: "1234"}
+	tok := newFakeToken("1234")
+	tok.dialErr = fmt.Errorf("%w: not listed", ErrNoToken)
+	if _, err := open(cfg, tok.dial); !errors.Is(err, ErrNoToken) || tok.dials != noTokenAttempts {
+		t.Fatalf("absent token: %v after %d dials, want ErrNoToken after %d", err, tok.dials, noTokenAttempts)
+	}
+
+	// Listed again on the second look.
+	tok = newFakeToken("1234")
+	tok.dialErr = fmt.Errorf("%w: not listed", ErrNoToken)
+	go func() {
+		time.Sleep(noTokenRetryGap / 2)
+		tok.mu.Lock()
+		tok.dialErr = nil
+		tok.mu.Unlock()
+	}()
+	h, err := open(cfg, tok.dial)
+	if err != nil {
+		t.Fatalf("token listed again: %v", err)
+	}
+	h.Close()
+
+	tok = newFakeToken("1234")
+	cfg.PIN = "4321"
+	if _, err := open(cfg, tok.dial); !errors.Is(err, ErrBadPIN) || tok.dials != 1 {
+		t.Fatalf("bad PIN: %v after %d dials, want ErrBadPIN after 1", err, tok.dials)
+	}
+}

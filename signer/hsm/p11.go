@@ -140,7 +140,7 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 		case "could not open PKCS#11":
 			return nil, fmt.Errorf("%w: %s cannot be loaded as a PKCS#11 module", ErrNoModule, path)
 		}
-		return nil, fmt.Errorf("hsm: initialising %s: %w", path, err)
+		return nil, beforeLogin{fmt.Errorf("hsm: initialising %s: %w", path, err)}
 	}
 	libState.refs[path]++
 	defer func() {
@@ -163,7 +163,7 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 
 	sess, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
-		return nil, fmt.Errorf("hsm: opening a session on token %q: %w", cfg.TokenLabel, err)
+		return nil, beforeLogin{fmt.Errorf("hsm: opening a session on token %q: %w", cfg.TokenLabel, err)}
 	}
 	defer func() {
 		if err != nil {
@@ -199,7 +199,14 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 				return nil, fmt.Errorf("%w: token %q has no user PIN", ErrNoToken, cfg.TokenLabel)
 			}
 		}
-		return nil, fmt.Errorf("hsm: logging in to token %q: %v", cfg.TokenLabel, lerr)
+		err := fmt.Errorf("hsm: logging in to token %q: %v", cfg.TokenLabel, lerr)
+		if code, ok := p11Code(lerr); ok && (code == pkcs11.CKR_GENERAL_ERROR || code == pkcs11.CKR_DEVICE_ERROR) {
+			// The token could not get as far as checking the PIN (SoftHSM2
+			// says GENERAL_ERROR while another process rewrites the token
+			// file); a wrong PIN is PIN_INCORRECT, which is never retried.
+			return nil, beforeLogin{err}
+		}
+		return nil, err
 	}
 
 	rng, err := c11.NewRandomReader()
