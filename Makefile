@@ -17,7 +17,12 @@ FUZZ_TARGETS := \
 	./signer/voprf:FuzzParseClientData \
 	./signer/voprf:FuzzParseKeyBlobs \
 	./signer/voprf:FuzzClientFinish \
+	./signer/voprf:FuzzParseCommitment \
+	./signer/hsm:FuzzParseURI \
+	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \
+	./rp:FuzzVerifyRecord \
+	./rp:FuzzParseJWKS \
 	./httpapi:FuzzIssuanceHandler \
 	./httpapi:FuzzRedemptionHandler
 FUZZTIME ?= 50000x

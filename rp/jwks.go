@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -126,14 +127,23 @@ func (v *Verifier) fetchJWKS(ctx context.Context, url string) (map[string]*ecdsa
 	if int64(len(body)) > v.maxJWKSBytes {
 		return nil, fmt.Errorf("%w: GET %s: body larger than %d bytes", ErrJWKSUnavailable, url, v.maxJWKSBytes)
 	}
+	keys, err := parseJWKS(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET %s: %w", ErrJWKSUnavailable, url, err)
+	}
+	return keys, nil
+}
+
+// parseJWKS keeps the keys of a JWKS body that can verify a record.
+func parseJWKS(body []byte) (map[string]*ecdsa.PublicKey, error) {
 	var raw struct {
 		Keys []json.RawMessage `json:"keys"`
 	}
 	if err := json.Unmarshal(body, &raw); err != nil {
-		return nil, fmt.Errorf("%w: GET %s: not a JWKS: %w", ErrJWKSUnavailable, url, err)
+		return nil, fmt.Errorf("not a JWKS: %w", err)
 	}
 	if raw.Keys == nil {
-		return nil, fmt.Errorf("%w: GET %s: not a JWKS: no \"keys\" array", ErrJWKSUnavailable, url)
+		return nil, errors.New(`not a JWKS: no "keys" array`)
 	}
 	keys := make(map[string]*ecdsa.PublicKey, len(raw.Keys))
 	for _, r := range raw.Keys {

@@ -28,7 +28,7 @@ type fixture struct {
 	v     *Verifier
 }
 
-func newFixture(t *testing.T, mutate ...func(*Config)) *fixture {
+func newFixture(t testing.TB, mutate ...func(*Config)) *fixture {
 	t.Helper()
 	iss := newTestIssuer(t)
 	iss.addKey("rr-1", true)

@@ -3,7 +3,9 @@ package voprf
 import (
 	"bytes"
 	"crypto/rand"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/pstd/pstd/internal/pstderr"
 )
@@ -133,6 +135,60 @@ func FuzzClientFinish(f *testing.F) {
 			// Only a different valid proof for the same elements may pass.
 			if !bytes.Equal(b[:len(b)-ProofSize], resp[:len(resp)-ProofSize]) {
 				t.Fatal("a mutated response verified")
+			}
+		}
+	})
+}
+
+// FuzzParseCommitment: a commitment comes from an issuer's server (for the
+// Go client, pstbench and pstctl). What parses rebuilds into a commitment
+// that parses to the same keys.
+func FuzzParseCommitment(f *testing.F) {
+	var pubs []PublishedKey
+	for id := uint32(1); id <= 3; id++ {
+		sk, err := GenerateKey(id, rand.Reader)
+		if err != nil {
+			f.Fatal(err)
+		}
+		pubs = append(pubs, PublishedKey{Public: sk.Public(), Expiry: time.UnixMicro(1805966804721048)})
+	}
+	for n := 1; n <= 3; n++ {
+		b, err := BuildCommitment(uint32(n), 10, pubs[:n])
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"PrivateStateTokenV1VOPRF":{"protocol_version":"PrivateStateTokenV1VOPRF","id":1,"batchsize":10,"keys":{}}}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, keys, err := ParseCommitment(b)
+		requireTyped(t, err)
+		if err != nil {
+			return
+		}
+		var again []PublishedKey
+		for _, id := range SortedKeyIDs(keys) {
+			var exp int64
+			for label, k := range c.Keys {
+				if n, _ := strconv.ParseUint(label, 10, 32); uint32(n) == id {
+					exp, _ = strconv.ParseInt(k.Expiry, 10, 64)
+				}
+			}
+			again = append(again, PublishedKey{Public: keys[id], Expiry: time.UnixMicro(exp)})
+		}
+		rebuilt, err := BuildCommitment(c.ID, c.BatchSize, again)
+		if err != nil {
+			t.Fatalf("parsed commitment does not rebuild: %v", err)
+		}
+		_, keys2, err := ParseCommitment(rebuilt)
+		if err != nil || len(keys2) != len(keys) {
+			t.Fatalf("rebuilt commitment: %d keys, %v", len(keys2), err)
+		}
+		for id, k := range keys {
+			if !bytes.Equal(keys2[id].MarshalBlob(), k.MarshalBlob()) {
+				t.Fatalf("key %d changed in the round trip", id)
 			}
 		}
 	})
