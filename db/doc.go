@@ -48,8 +48,9 @@
 //
 // Lock order, to stay free of deadlocks: rotation lock, then the audit chain
 // lock (taken first by every audited write), then the commitment lock, then
-// table locks on redemptions. Advisory locks use the two-key form with class
-// 1886614628 ('pstd').
+// table locks on redemptions. The provisioning lock (WithProvisionLock) comes
+// first of all and is never held with the rotation lock. Advisory locks use
+// the two-key form with class 1886614628 ('pstd') and distinct numbers.
 //
 // # Replicas
 //

@@ -19,8 +19,8 @@ const (
 	lockClass      = 1886614628
 	lockRotation   = 1
 	lockAudit      = 2
-	lockProvision  = 3 // creating token-wide objects (the KEK) once across replicas
 	lockCommitment = 3
+	lockProvision  = 4 // creating token-wide objects (the KEK) once across replicas
 )
 
 // Defaults applied by Open unless the URL sets them.
