@@ -116,14 +116,18 @@ func ensureKEK(ctx context.Context, store *db.Store, h *hsm.HSM, tokenLabel stri
 		if err != nil || ok {
 			return err
 		}
+		// The audit entry first, in this transaction: if the token then
+		// refuses to make the key, the entry is rolled back with it.
+		label := hsm.KEKLabel(hsm.KEKGeneration)
+		if _, err := store.AppendAudit(ctx, db.Event{Actor: "pstd", Action: db.ActionKEKCreate, Subject: "kek:" + label,
+			Details: map[string]any{"hsm_label": tokenLabel, "generation": hsm.KEKGeneration}}); err != nil {
+			return err
+		}
 		if err := h.EnsureKEK(ctx); err != nil {
 			return err
 		}
-		label := hsm.KEKLabel(hsm.KEKGeneration)
 		log.Info("created the key-encryption key", "label", label)
-		_, err = store.AppendAudit(ctx, db.Event{Actor: "pstd", Action: db.ActionKEKCreate, Subject: "kek:" + label,
-			Details: map[string]any{"hsm_label": tokenLabel, "generation": hsm.KEKGeneration}})
-		return err
+		return nil
 	})
 }
 
