@@ -273,3 +273,47 @@ func TestDropExpiredRedemptionPartitionsSweep(t *testing.T) {
 		t.Fatalf("second sweep: %v, %v", dropped, err)
 	}
 }
+
+// RecordRedemptionWith runs its work only after the insert: a spent token
+// never reaches it, its failure leaves the token unspent, and a concurrent
+// redemption of the same token waits for the first to end, then is refused.
+func TestRecordRedemptionWith(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	k := mustCreateKey(t, s)
+
+	r := redemption(t, k)
+	boom := errors.New("HSM refused")
+	if err := s.RecordRedemptionWith(ctx, r, func() error { return boom }); err != boom {
+		t.Fatalf("failing work: %v, want its error as is", err)
+	}
+	if n, _ := s.RedemptionCount(ctx, k); n != 0 {
+		t.Fatalf("%d rows after the work failed, want 0", n)
+	}
+
+	inside := make(chan struct{})
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- s.RecordRedemptionWith(ctx, r, func() error { close(inside); <-release; return nil })
+	}()
+	<-inside
+	// The first holds the row; a second redemption waits, never runs its
+	// work, and is refused once the first commits.
+	ran := false
+	second := make(chan error, 1)
+	go func() { second <- s.RecordRedemptionWith(ctx, r, func() error { ran = true; return nil }) }()
+	select {
+	case err := <-second:
+		t.Fatalf("second redemption finished while the first was open: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first: %v", err)
+	}
+	if err := <-second; !errors.Is(err, pstderr.ErrAlreadyRedeemed) || ran {
+		t.Fatalf("second: %v (work ran: %v), want AlreadyRedeemed without work", err, ran)
+	}
+}

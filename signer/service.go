@@ -82,7 +82,9 @@ type Store interface {
 	RRKeys(ctx context.Context) ([]RRKeyInfo, error)
 	CreateRRKey(ctx context.Context, k RRKeyInfo, actor string) error
 	RetireRRKey(ctx context.Context, id string, notAfter time.Time, actor string) error
-	RecordRedemption(ctx context.Context, r Redemption) error
+	// RecordRedemption commits r durably; sign runs after the insert and
+	// before the commit, and its error rolls the insert back.
+	RecordRedemption(ctx context.Context, r Redemption, sign func() error) error
 	WithRotationLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
 }
 
@@ -627,10 +629,10 @@ type liveKeys struct {
 
 func (l liveKeys) Key(id uint32) (*voprf.PrivateKey, bool) { return l.ks.live(id, l.now) }
 
-// Redeem verifies a token, signs its redemption record, records the
-// redemption durably (the double-spend guard) and only then returns the
-// record. A failure at any step returns no record; a failure before the
-// database write leaves the token unspent.
+// Redeem verifies a token, records the redemption (the double-spend guard),
+// signs its redemption record inside that transaction, commits durably and
+// only then returns the record. A failure at any step returns no record; a
+// failure before the commit leaves the token unspent.
 func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 	ks := s.ring.load()
 	rr := s.rr.Load()
@@ -650,10 +652,6 @@ func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	record, err := SignRecord(rr.signing, claims)
-	if err != nil {
-		return "", s.hsmErr(err, "signing the redemption record failed")
-	}
 	r := Redemption{
 		KeyID:           req.Token.KeyID,
 		NonceHash:       sha256.Sum256(req.Token.Nonce[:]),
@@ -661,7 +659,23 @@ func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 		RedeemingOrigin: cd.RedeemingOrigin,
 		RedeemedAt:      now,
 	}
-	if err := s.store.RecordRedemption(ctx, r); err != nil {
+	// The record is signed inside the redemption's transaction, after the
+	// row is in and before it commits: a spent token is refused before it
+	// costs an HSM signature, and the record still leaves only once the row
+	// is durable.
+	var record string
+	var signErr error
+	err = s.store.RecordRedemption(ctx, r, func() error {
+		record, signErr = SignRecord(rr.signing, claims)
+		if signErr != nil {
+			signErr = s.hsmErr(signErr, "signing the redemption record failed")
+		}
+		return signErr
+	})
+	if signErr != nil {
+		return "", signErr
+	}
+	if err != nil {
 		return "", s.dbErr(err, "recording the redemption failed")
 	}
 	return record, nil

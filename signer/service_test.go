@@ -11,8 +11,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,10 +27,11 @@ import (
 // PostgreSQL.
 
 type memCustody struct {
-	aead cipher.AEAD
-	mu   sync.Mutex
-	rr   map[string]*ecdsa.PrivateKey
-	down bool
+	failSign atomic.Bool // record keys refuse to sign
+	aead     cipher.AEAD
+	mu       sync.Mutex
+	rr       map[string]*ecdsa.PrivateKey
+	down     bool
 }
 
 func newMemCustody(t testing.TB) *memCustody {
@@ -69,7 +72,20 @@ func (m *memCustody) FindRRKey(_ context.Context, id string) (crypto.Signer, err
 	if !ok {
 		return nil, errors.New("no such key")
 	}
-	return k, nil
+	return memSigner{k, m}, nil
+}
+
+// memSigner is a record key that signs until failSign is set.
+type memSigner struct {
+	*ecdsa.PrivateKey
+	m *memCustody
+}
+
+func (s memSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	if s.m.failSign.Load() {
+		return nil, errors.New("token gone")
+	}
+	return s.PrivateKey.Sign(r, d, o)
 }
 func (m *memCustody) Ping(context.Context) error {
 	if m.down {
@@ -80,6 +96,7 @@ func (m *memCustody) Ping(context.Context) error {
 
 type memStore struct {
 	failCreateRR bool
+	signs        int // record signatures requested through RecordRedemption
 	mu           sync.Mutex
 	epochs       map[uint32]KeyEpoch
 	retired      map[uint32]bool
@@ -195,7 +212,7 @@ func (m *memStore) RetireRRKey(_ context.Context, id string, notAfter time.Time,
 	}
 	return nil
 }
-func (m *memStore) RecordRedemption(_ context.Context, r Redemption) error {
+func (m *memStore) RecordRedemption(_ context.Context, r Redemption, sign func() error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var k [36]byte
@@ -203,6 +220,10 @@ func (m *memStore) RecordRedemption(_ context.Context, r Redemption) error {
 	copy(k[4:], r.NonceHash[:])
 	if _, ok := m.redemptions[k]; ok {
 		return pstderr.New(pstderr.AlreadyRedeemed, "token already redeemed")
+	}
+	m.signs++
+	if err := sign(); err != nil {
+		return err // rolled back: nothing stored
 	}
 	m.redemptions[k] = r
 	return nil
@@ -271,7 +292,7 @@ func redeemRequest(t testing.TB, tok voprf.Token, now time.Time) []byte {
 
 func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
 	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	s, _, cu := newService(t, clock)
+	s, st, cu := newService(t, clock)
 	ctx := context.Background()
 	if err := s.Ready(ctx); err == nil {
 		t.Fatal("ready before keys are loaded")
@@ -293,6 +314,20 @@ func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
 	_, err = s.Redeem(ctx, redeemRequest(t, tok, clock.t))
 	if !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
 		t.Fatalf("second redemption: %v", err)
+	}
+	if st.signs != 1 {
+		t.Fatalf("%d record signatures for one token redeemed twice; a replay must cost none", st.signs)
+	}
+
+	// A record the HSM cannot sign leaves the token unspent.
+	tok2 := issueToken(t, s)
+	cu.failSign.Store(true)
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok2, clock.t)); pstderr.KindOf(err) != pstderr.Unavailable {
+		t.Fatalf("redeem with signing failing: %v", err)
+	}
+	cu.failSign.Store(false)
+	if rec, err := s.Redeem(ctx, redeemRequest(t, tok2, clock.t)); err != nil || rec == "" {
+		t.Fatalf("redeem after signing recovered: %v", err)
 	}
 	cu.down = true
 	if err := s.Ready(ctx); pstderr.KindOf(err) != pstderr.Unavailable {

@@ -206,8 +206,8 @@ func (a StoreAdapter) RetireRRKey(ctx context.Context, id string, notAfter time.
 	return a.S.RetireRRKey(ctx, id, notAfter, actor)
 }
 
-func (a StoreAdapter) RecordRedemption(ctx context.Context, r signer.Redemption) error {
-	return a.S.RecordRedemption(ctx, db.Redemption(r))
+func (a StoreAdapter) RecordRedemption(ctx context.Context, r signer.Redemption, sign func() error) error {
+	return a.S.RecordRedemptionWith(ctx, db.Redemption(r), sign)
 }
 
 // WithRotationLock runs a rotation step and, once it committed, drops the

@@ -8,9 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pstd/pstd/signer"
 )
@@ -147,11 +151,17 @@ func (s *Settings) LogValue() slog.Value {
 	)
 }
 
-// redactURL drops the password from a connection URL for logging.
+// redactURL describes a connection string for logging: host, port, user
+// and database only. Passwords can hide in several places (user:pass@, a
+// ?password= parameter, a keyword string's password=, sslpassword), so
+// nothing else is printed.
 func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable)"
+	if raw == "" {
+		return "unset"
 	}
-	return u.Redacted()
+	cfg, err := pgconn.ParseConfig(raw)
+	if err != nil {
+		return "(unparsable)" // pgconn's error could quote the string
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database)
 }
