@@ -450,7 +450,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	return err
 }
 
-func (s *Service) reload(ctx context.Context) error {
+func (s *Service) reload(ctx context.Context) (err error) {
 	version, _, body, err := s.store.LatestCommitment(ctx)
 	if err != nil {
 		return s.dbErr(err, "reading the commitment failed")
@@ -461,6 +461,19 @@ func (s *Service) reload(ctx context.Context) error {
 		return s.dbErr(err, "reading key epochs failed")
 	}
 	next := &keySet{version: version, keys: map[uint32]*LoadedKey{}, commitment: body}
+	// On failure, wipe what this attempt unsealed (keys carried over from
+	// cur stay with cur): a retry every few seconds must not leave a fresh
+	// plaintext copy behind each time.
+	defer func() {
+		if err == nil {
+			return
+		}
+		for id, lk := range next.keys {
+			if cur == nil || cur.keys[id] == nil || cur.keys[id].Key != lk.Key {
+				lk.Key.Wipe()
+			}
+		}
+	}()
 	for _, e := range epochs {
 		if cur != nil {
 			if lk, ok := cur.keys[e.KeyID]; ok {
@@ -472,7 +485,7 @@ func (s *Service) reload(ctx context.Context) error {
 		if err != nil {
 			return s.hsmErr(err, fmt.Sprintf("unsealing key %d failed", e.KeyID))
 		}
-		sk, err := voprf.NewPrivateKey(e.KeyID, scalar)
+		sk, err := newPrivateKey(e.KeyID, scalar)
 		wipe(scalar)
 		if err != nil {
 			return fmt.Errorf("key %d: %w", e.KeyID, err)
@@ -494,6 +507,10 @@ func (s *Service) reload(ctx context.Context) error {
 	}
 	return nil
 }
+
+// newPrivateKey is voprf.NewPrivateKey; tests wrap it to see which keys a
+// reload unsealed.
+var newPrivateKey = voprf.NewPrivateKey
 
 type rrState struct {
 	signing RRKey

@@ -466,3 +466,64 @@ func TestRotateRRKeyAfterFailedStore(t *testing.T) {
 		t.Fatalf("after rotation: %+v", keys)
 	}
 }
+
+// failingUnseal is a custody whose Unseal fails for one key.
+type failingUnseal struct {
+	*memCustody
+	failAAD []byte
+}
+
+func (f failingUnseal) Unseal(s, aad []byte) ([]byte, error) {
+	if bytes.Equal(aad, f.failAAD) {
+		return nil, errors.New("token refused")
+	}
+	return f.memCustody.Unseal(s, aad)
+}
+
+// TestReloadFailureWipesWhatItUnsealed: a reload that fails on its second
+// key must not leave the first one, freshly unsealed, in memory.
+func TestReloadFailureWipesWhatItUnsealed(t *testing.T) {
+	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	st, cu := newMemStore(), newMemCustody(t)
+	ctx := context.Background()
+	// Two keys: the current one and one made by a forced rotation.
+	s1, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock}, st, cu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.ForceRotate(ctx, true, "test"); err != nil {
+		t.Fatal(err)
+	}
+	epochs, _ := st.KeyEpochs(ctx)
+	if len(epochs) != 2 {
+		t.Fatalf("%d epochs, want 2", len(epochs))
+	}
+	last := epochs[1]
+	s2, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock}, st,
+		failingUnseal{cu, keyAAD(last.KeyID, last.NotBefore)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made []*voprf.PrivateKey
+	orig := newPrivateKey
+	newPrivateKey = func(id uint32, k []byte) (*voprf.PrivateKey, error) {
+		sk, err := orig(id, k)
+		if sk != nil {
+			made = append(made, sk)
+		}
+		return sk, err
+	}
+	t.Cleanup(func() { newPrivateKey = orig })
+	if err := s2.Reload(ctx); err == nil {
+		t.Fatal("reload succeeded with a key the token refuses")
+	}
+	if len(made) != 1 {
+		t.Fatalf("%d keys unsealed before the failure, want 1", len(made))
+	}
+	if !bytes.Equal(made[0].Scalar(), make([]byte, voprf.ScalarSize)) {
+		t.Fatal("the key unsealed by the failed reload was not wiped")
+	}
+}
