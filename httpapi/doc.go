@@ -88,8 +88,9 @@
 //
 // # Logging and privacy
 //
-// One JSON line per request (log/slog): request_id (X-Request-Id when it is
-// 1–64 characters of [A-Za-z0-9._:-], else random; echoed back), method,
+// One JSON line per request (log/slog): request_id (random on the issuance
+// and redemption routes; elsewhere X-Request-Id when it is 1–64 characters
+// of [A-Za-z0-9._:-], else random; echoed back), method,
 // route template (never the raw path or query), status, latency_ms and the
 // problem reason. Nothing that could link an issuance to a redemption is
 // logged: no header values, no tokens, no records, no user agent, and no

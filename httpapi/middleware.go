@@ -24,7 +24,8 @@ const (
 	ctxRequestID = "pstd.request_id"
 )
 
-// HeaderRequestID is honoured when sane and always echoed back.
+// HeaderRequestID is honoured when sane, except on the issuance and
+// redemption routes, and always echoed back.
 const HeaderRequestID = "X-Request-Id"
 
 // saneRequestID accepts 1–64 characters of [A-Za-z0-9._:-]; anything else
@@ -60,8 +61,11 @@ func (s *Server) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
 		req := c.Request()
+		// On the token routes the id is always ours: one chosen by the
+		// client (or a page embedding it) would be a correlator of its
+		// choosing written next to issuances and redemptions.
 		id := req.Header.Get(HeaderRequestID)
-		if !saneRequestID(id) {
+		if p := req.URL.Path; p == PathIssuance || p == PathRedemption || !saneRequestID(id) {
 			id = newRequestID()
 		}
 		c.Set(ctxRequestID, id)
@@ -221,7 +225,7 @@ func (s *Server) checkOrigin(r *http.Request) error {
 // CORS header values.
 var (
 	corsExposeHeaders = strings.Join([]string{HeaderToken, HeaderLifetime, HeaderRequestID, echo.HeaderRetryAfter}, ", ")
-	corsAllowHeaders  = strings.Join([]string{HeaderToken, HeaderCryptoVersion, HeaderRequestID}, ", ")
+	corsAllowHeaders  = strings.Join([]string{HeaderToken, HeaderCryptoVersion}, ", ")
 )
 
 // corsMiddleware answers preflights and sets Access-Control-Allow-Origin.

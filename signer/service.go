@@ -157,9 +157,28 @@ type Service struct {
 	custody Custody
 	ring    keyring
 
-	mu      sync.Mutex // serialises reloads
-	rr      atomic.Pointer[rrState]
-	loadErr error
+	mu sync.Mutex // serialises reloads
+	rr atomic.Pointer[rrState]
+	// loadErr is the last load's failure (nil: none). Atomic, so that
+	// readiness never waits behind a slow reload holding mu.
+	loadErr atomic.Pointer[loadFailure]
+}
+
+type loadFailure struct{ err error }
+
+func (s *Service) setLoadErr(err error) {
+	if err == nil {
+		s.loadErr.Store(nil)
+		return
+	}
+	s.loadErr.Store(&loadFailure{err})
+}
+
+func (s *Service) lastLoadErr() error {
+	if f := s.loadErr.Load(); f != nil {
+		return f.err
+	}
+	return nil
 }
 
 // New returns a service; call Reload (or Run) before serving.
@@ -446,7 +465,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	err := s.reload(ctx)
-	s.loadErr = err
+	s.setLoadErr(err)
 	return err
 }
 
@@ -590,14 +609,10 @@ func (s *Service) refreshIfChanged(ctx context.Context) error {
 	cur := s.ring.load()
 	version, err := s.store.KeySetVersion(ctx)
 	if err != nil {
-		s.mu.Lock()
-		s.loadErr = s.dbErr(err, "reading the commitment failed")
-		s.mu.Unlock()
+		s.setLoadErr(s.dbErr(err, "reading the commitment failed"))
 		return err
 	}
-	s.mu.Lock()
-	failed := s.loadErr != nil
-	s.mu.Unlock()
+	failed := s.lastLoadErr() != nil
 	if cur != nil && cur.version == version && !failed {
 		return nil
 	}
@@ -715,11 +730,8 @@ func (s *Service) Ready(ctx context.Context) error {
 	if err := s.custody.Ping(ctx); err != nil {
 		return s.hsmErr(err, "HSM session unusable")
 	}
-	s.mu.Lock()
-	loadErr := s.loadErr
-	s.mu.Unlock()
-	if loadErr != nil {
-		return loadErr
+	if err := s.lastLoadErr(); err != nil {
+		return err
 	}
 	ks := s.ring.load()
 	if ks == nil {
