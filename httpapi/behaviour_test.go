@@ -511,3 +511,50 @@ func TestShutdownDeadline(t *testing.T) {
 	}
 	waitFor(t, clientDone.Load)
 }
+
+// TestServeWaitsForAbandonedCalls: a request that timed out leaves its
+// issuer call running; Serve must not return (after which the caller wipes
+// the keys) until that call has finished.
+func TestServeWaitsForAbandonedCalls(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.ShutdownTimeout = 5 * time.Second; c.RequestTimeout = 100 * time.Millisecond })
+	release := make(chan struct{})
+	var finished atomic.Bool
+	h.iss.set(func(f *fakeIssuer) {
+		f.issueHook = func(context.Context) { <-release; finished.Store(true) }
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- h.s.Serve(ctx, ln) }()
+	waitFor(t, func() bool { return h.s.ready.current() == nil })
+
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+PathIssuance, nil)
+	req.Header.Set(HeaderCryptoVersion, CryptoVersion)
+	req.Header.Set(HeaderToken, issueB64)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("timed-out request: %d, want 503", resp.StatusCode)
+	}
+	cancel()
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned with an issuer call still running: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-served:
+		if !finished.Load() {
+			t.Fatal("Serve returned before the call finished")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the call finished")
+	}
+}

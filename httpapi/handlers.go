@@ -128,10 +128,13 @@ func (s *Server) checkReady() error {
 
 // call runs f, but returns when ctx ends even if f does not (f's result is
 // then dropped), and turns a panic in f into an error: the issuer cannot
-// hang or crash a request.
-func call(ctx context.Context, f func() error) error {
+// hang or crash a request. Serve waits for calls still running before it
+// returns, so the keys they use are not wiped under them.
+func (s *Server) call(ctx context.Context, f func() error) error {
 	done := make(chan error, 1)
+	s.inflight.Add(1)
 	go func() {
+		defer s.inflight.Done()
 		defer func() {
 			if v := recover(); v != nil {
 				done <- newPanicError(v)
@@ -231,7 +234,7 @@ func (s *Server) doIssuance(c echo.Context) error {
 
 	var resp []byte
 	var issued int
-	err = call(ctx, func() error {
+	err = s.call(ctx, func() error {
 		var err error
 		resp, issued, err = s.iss.Issue(ctx, raw, limit)
 		return err
@@ -260,7 +263,7 @@ func (s *Server) doRedemption(c echo.Context) error {
 		return err
 	}
 	var record string
-	err = call(ctx, func() error {
+	err = s.call(ctx, func() error {
 		var err error
 		record, err = s.iss.Redeem(ctx, raw)
 		return err
@@ -346,7 +349,7 @@ func (s *Server) keyCommitment(c echo.Context) error {
 	ctx := c.Request().Context()
 	var body []byte
 	var id uint64
-	err := call(ctx, func() error {
+	err := s.call(ctx, func() error {
 		var err error
 		body, id, err = s.iss.Commitment(ctx)
 		return err
@@ -364,7 +367,7 @@ func (s *Server) keyCommitment(c echo.Context) error {
 func (s *Server) jwks(c echo.Context) error {
 	ctx := c.Request().Context()
 	var body []byte
-	err := call(ctx, func() error {
+	err := s.call(ctx, func() error {
 		var err error
 		body, err = s.iss.JWKS(ctx)
 		return err

@@ -161,6 +161,7 @@ type Server struct {
 	cors        corsPolicy
 	routes      map[string]bool // route templates, for log and metric labels
 	extraRoutes []func(*echo.Echo)
+	inflight    sync.WaitGroup // issuer calls, including ones their request gave up on
 }
 
 // New returns the HTTP API in front of iss. It starts no goroutine: Run
@@ -281,6 +282,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if serr := <-serveErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
 		err = serr
+	}
+	// A request that timed out leaves its issuer call running; the caller
+	// wipes keys once Serve returns, so wait for those calls too, within
+	// what is left of the grace period.
+	calls := make(chan struct{})
+	go func() { s.inflight.Wait(); close(calls) }()
+	select {
+	case <-calls:
+	case <-shutCtx.Done():
+		s.cfg.Logger.Warn("issuer calls still running at the end of the shutdown grace period")
 	}
 	s.cfg.Logger.Info("stopped")
 	return err

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/peterbourgon/ff/v3"
@@ -107,8 +108,13 @@ func serve(ctx context.Context, s *app.Settings) error {
 		log.Error("loading keys failed; not ready until they load", "err", err)
 	}
 	svcCtx, cancelSvc := context.WithCancel(ctx)
+	var svcRun sync.WaitGroup
+	svcRun.Go(func() { a.Service.Run(svcCtx) })
+	// Stop the refresh and rotation loop, and wait for it, before the
+	// deferred Close wipes the keys: a reload finishing after the wipe
+	// would leave unsealed keys behind.
+	defer svcRun.Wait()
 	defer cancelSvc()
-	go a.Service.Run(svcCtx)
 
 	var opts []httpapi.Option
 	opts = append(opts, httpapi.WithMetrics(metrics))
