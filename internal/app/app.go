@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/pstd/pstd/db"
@@ -38,6 +40,18 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 		return hsm.Config{}, err
 	}
 	var cfg hsm.Config
+	// Whatever happens below, this process keeps no copy of the PIN in its
+	// settings or its environment (children, crash dumps, /proc/self/environ).
+	defer func() {
+		s.PKCS11PIN = ""
+		_ = os.Unsetenv("PSTD_PKCS11_PIN")
+	}()
+	if s.PKCS11PIN != "" && os.Getenv("PSTD_PKCS11_PIN") == "" {
+		log.Warn("the PKCS#11 PIN was given as a command-line flag, which other local users can read (ps); use PSTD_PKCS11_PIN_FILE")
+	}
+	if strings.Contains(s.PKCS11URI, "pin-value=") {
+		log.Warn("the PKCS#11 URI carries pin-value, which other local users can read when it is a flag; use pin-source")
+	}
 	if s.PKCS11URI != "" {
 		u, err := hsm.ParseURI(s.PKCS11URI)
 		if err != nil {

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"log/slog"
+	"os"
 	"strings"
 	"testing"
 )
@@ -22,5 +24,34 @@ func TestRedactURLHidesPasswords(t *testing.T) {
 	}
 	if got := redactURL("postgres://pstd:pw@db.example:5433/pstd"); got != "postgres://pstd@db.example:5433/pstd" {
 		t.Errorf("redactURL = %q", got)
+	}
+}
+
+// After the HSM configuration is built, neither the settings nor the
+// environment keep the PIN.
+func TestHSMConfigForgetsPIN(t *testing.T) {
+	t.Setenv("PSTD_PKCS11_PIN", "pin-4711")
+	s := Settings{PKCS11Module: "/m.so", PKCS11Token: "t", PKCS11PIN: "pin-4711"}
+	var logged strings.Builder
+	cfg, err := s.HSMConfig(slog.New(slog.NewTextHandler(&logged, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PIN != "pin-4711" {
+		t.Fatalf("config PIN %q", cfg.PIN)
+	}
+	if s.PKCS11PIN != "" || os.Getenv("PSTD_PKCS11_PIN") != "" {
+		t.Fatal("the PIN is still in the settings or the environment")
+	}
+	if strings.Contains(logged.String(), "pin-4711") || strings.Contains(logged.String(), "command-line") {
+		t.Fatalf("log: %s", logged.String())
+	}
+	// From a flag (no environment variable): a warning, without the PIN.
+	s = Settings{PKCS11Module: "/m.so", PKCS11Token: "t", PKCS11PIN: "pin-4711"}
+	if _, err := s.HSMConfig(slog.New(slog.NewTextHandler(&logged, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "command-line flag") || strings.Contains(logged.String(), "pin-4711") {
+		t.Fatalf("log: %s", logged.String())
 	}
 }
