@@ -1,6 +1,7 @@
 package signer
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -247,16 +248,32 @@ func (s *Service) ImportKey(ctx context.Context, blob []byte, t KeyTimes, actor 
 		return 0, err
 	}
 	defer sk.Wipe()
-	epochs, err := s.store.KeyEpochs(ctx)
-	if err != nil {
-		return 0, s.dbErr(err, "reading key epochs failed")
-	}
-	for _, e := range epochs {
-		if e.KeyID == sk.KeyID() {
-			return 0, fmt.Errorf("key id %d is already in use", sk.KeyID())
+	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+		epochs, err := s.store.KeyEpochs(ctx)
+		if err != nil {
+			return s.dbErr(err, "reading key epochs failed")
 		}
+		point := sk.Public().MarshalBlob()[4:]
+		for _, e := range epochs {
+			if e.KeyID == sk.KeyID() {
+				return fmt.Errorf("key id %d is already in use", sk.KeyID())
+			}
+			// The double-spend guard is keyed on (key id, nonce), and a
+			// token's key id is not bound into its signature: one scalar
+			// under two ids would let every token redeem once per id.
+			if len(e.PublicKey) > 4 && bytes.Equal(e.PublicKey[4:], point) {
+				return fmt.Errorf("this key is already loaded as key %d", e.KeyID)
+			}
+		}
+		if len(epochs) >= MaxPublishedKeys {
+			return fmt.Errorf("%d keys are live, Chrome's limit; import after one retires", len(epochs))
+		}
+		return s.storeKey(ctx, sk, t, true, actor)
+	})
+	if err == nil && !ok {
+		err = errors.New("another replica is rotating; try again")
 	}
-	return sk.KeyID(), s.storeKey(ctx, sk, t, true, actor)
+	return sk.KeyID(), err
 }
 
 func (s *Service) storeKey(ctx context.Context, sk *voprf.PrivateKey, t KeyTimes, imported bool, actor string) error {

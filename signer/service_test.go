@@ -424,6 +424,14 @@ func TestServiceImportKey(t *testing.T) {
 	if _, err := s.ImportKey(ctx, sk.MarshalPrivateKeyBlob(), KeyTimes{NotBefore: clock.t, Expiry: clock.t.AddDate(0, 4, 0)}, "test"); err == nil {
 		t.Fatal("importing the same key id twice succeeded")
 	}
+	// The same scalar under another id would let each token redeem twice.
+	same, err := voprf.NewPrivateKey(43, sk.Scalar())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ImportKey(ctx, same.MarshalPrivateKeyBlob(), KeyTimes{NotBefore: clock.t, Expiry: clock.t.AddDate(0, 4, 0)}, "test"); err == nil {
+		t.Fatal("importing key 42's scalar again as key 43 succeeded")
+	}
 	s.Rotate(ctx)
 	if err := s.Reload(ctx); err != nil {
 		t.Fatal(err)
