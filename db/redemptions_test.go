@@ -317,3 +317,13 @@ func TestRecordRedemptionWith(t *testing.T) {
 		t.Fatalf("second: %v (work ran: %v), want AlreadyRedeemed without work", err, ran)
 	}
 }
+
+// The throwaway cluster has no standbys, so nothing to warn about; the
+// query itself must work for a non-replicating server.
+func TestAsyncStandbys(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	if n, err := s.AsyncStandbys(context.Background()); err != nil || n != 0 {
+		t.Fatalf("AsyncStandbys = %d, %v; want 0, nil", n, err)
+	}
+}

@@ -218,3 +218,20 @@ func lockAuditChain(ctx context.Context, tx pgx.Tx) error {
 
 // errInTx is returned by operations that must run on their own.
 var errInTx = errors.New("db: must not run inside a transaction")
+
+// AsyncStandbys reports how many standbys stream from this server while no
+// synchronous standby is configured. Then a failover can lose redemptions
+// whose records were already handed out, and those tokens would redeem
+// again: the double-spend guard is only as durable as the commit.
+func (s *Store) AsyncStandbys(ctx context.Context) (int, error) {
+	var n int
+	var names string
+	err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_stat_replication), current_setting('synchronous_standby_names')`).Scan(&n, &names)
+	if err != nil {
+		return 0, wrap("checking replication", err)
+	}
+	if names != "" {
+		return 0, nil
+	}
+	return n, nil
+}

@@ -99,6 +99,10 @@ func serve(ctx context.Context, s *app.Settings) error {
 	}
 	defer a.Close()
 
+	if n, err := a.Store.AsyncStandbys(ctx); err == nil && n > 0 {
+		log.Warn("PostgreSQL streams to standbys without synchronous_standby_names: a failover can lose committed redemptions, and their tokens would redeem again; configure a synchronous standby", "standbys", n)
+	}
+
 	// One rotation step at start (bootstraps an empty database; another
 	// replica may hold the lock, which is fine), then load the key set.
 	if _, err := a.Service.Rotate(ctx); err != nil {
