@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -556,5 +558,44 @@ func TestServeWaitsForAbandonedCalls(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not return after the call finished")
+	}
+}
+
+// ctxReady's Ready fails when its context ends, as the real one does.
+type ctxReady struct{ *fakeIssuer }
+
+func (c ctxReady) Ready(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(50 * time.Millisecond):
+		return nil
+	}
+}
+
+// TestReadyzCallerCannotMarkNotReady: a /readyz whose client hangs up must
+// not leave the replica not ready (it used to store the probe that its
+// cancelled context had failed, so anyone could take a replica down).
+func TestReadyzCallerCannotMarkNotReady(t *testing.T) {
+	s := New(Config{Logger: slog.New(slog.DiscardHandler)}, ctxReady{newFake()})
+	if err := s.CheckReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest(http.MethodGet, PathReadyz, nil).WithContext(ctx)
+	cancel()
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("abandoned /readyz answered %d", rec.Code)
+	}
+	// Let the detached probe finish; the replica stays ready.
+	waitFor(t, func() bool {
+		s.ready.fmu.Lock()
+		defer s.ready.fmu.Unlock()
+		return s.ready.flight == nil
+	})
+	if c := httptestDo(s, http.MethodPost, PathIssuance, pstHeaders(issueB64)).Code; c != 200 {
+		t.Fatalf("issuance after an abandoned /readyz: %d", c)
 	}
 }

@@ -50,7 +50,9 @@
 // Run) refreshes every ReadyInterval. A request that finds the state not
 // ready, or an issuer call that fails with Unavailable, asks for an early
 // probe (at most one every 200 ms), so recovery and failure are noticed
-// within a moment. /readyz probes synchronously, bounded by ReadyTimeout.
+// within a moment. /readyz probes synchronously, bounded by ReadyTimeout;
+// concurrent /readyz calls share one probe, which runs detached from them,
+// so a client that hangs up cannot leave the replica marked not ready.
 // Once shutdown begins the server reports not ready, so load balancers drain
 // it while in-flight requests finish.
 //

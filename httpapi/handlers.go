@@ -382,10 +382,11 @@ func (s *Server) jwks(c echo.Context) error {
 	return cacheable(c, ContentTypeJWKS, etagFor(0, body), body)
 }
 
-// readyz probes now (with the probe timeout) and answers 200 or 503.
+// readyz probes (shared, detached from the caller, bounded by the probe
+// timeout; see probeShared) and answers 200 or 503.
 func (s *Server) readyz(c echo.Context) error {
 	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
-	err := s.ready.probe(c.Request().Context())
+	err := s.ready.probeShared(c.Request().Context())
 	if err == nil {
 		err = s.ready.current() // draining
 	}

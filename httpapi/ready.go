@@ -26,7 +26,17 @@ type readiness struct {
 
 	mu      sync.Mutex // one probe at a time
 	running bool
+
+	fmu    sync.Mutex // guards flight
+	flight *readyFlight
 }
+
+// readyFlight is one probe that concurrent /readyz callers share.
+type readyFlight struct {
+	done chan struct{}
+	err  error
+}
+
 
 type readyState struct {
 	err error // nil: ready
@@ -51,10 +61,39 @@ func (r *readiness) current() error {
 	return r.state.Load().err
 }
 
+// probeShared serves /readyz. Concurrent callers share one probe (so a
+// flood of /readyz costs one database and one HSM ping at a time), which
+// runs detached from all of them: a caller that hangs up abandons only its
+// wait, never the probe, so an anonymous client cannot mark the replica not
+// ready.
+func (r *readiness) probeShared(ctx context.Context) error {
+	r.fmu.Lock()
+	f := r.flight
+	if f == nil {
+		f = &readyFlight{done: make(chan struct{})}
+		r.flight = f
+		go func() {
+			f.err = r.probe(context.Background())
+			r.fmu.Lock()
+			r.flight = nil
+			r.fmu.Unlock()
+			close(f.done)
+		}()
+	}
+	r.fmu.Unlock()
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return pstderr.Wrap(pstderr.Unavailable, ctx.Err(), "readiness check abandoned")
+	}
+}
+
 // probe calls Ready with the probe timeout, waiting no longer than that
-// even if Ready ignores its context, and stores the result.
-func (r *readiness) probe(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+// even if Ready ignores its context, and stores the result, unless parent
+// itself ended (shutdown): that says nothing about the dependencies.
+func (r *readiness) probe(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, r.timeout)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
@@ -70,6 +109,9 @@ func (r *readiness) probe(ctx context.Context) error {
 	case err = <-done:
 	case <-ctx.Done():
 		err = pstderr.Wrap(pstderr.Unavailable, ctx.Err(), "readiness check timed out")
+	}
+	if parent.Err() != nil {
+		return err
 	}
 	old := r.state.Swap(&readyState{err: err, at: time.Now()})
 	r.metrics.setReady(err == nil)
