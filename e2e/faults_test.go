@@ -275,25 +275,37 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	assertUnavailable(t, "issuance with the database down", s.issueStatus())
 	var restart sync.WaitGroup
-	restart.Go(func() { cluster.Start(t) })
+	var restartErr error
+	restart.Go(func() { restartErr = cluster.Restart() })
 	// Spread over the restart and the recovery (readiness probe, key-set
 	// refresh), so that some of these meet the database back.
 	feed(toks[16:40], 300*time.Millisecond)
 	close(work)
 	wg.Wait()
 	restart.Wait()
+	if restartErr != nil {
+		t.Fatal(restartErr)
+	}
 	s.waitReady(30 * time.Second)
 	if outcomes[http.StatusServiceUnavailable] < 10 {
 		t.Fatalf("outcomes %v: the ten redemptions sent while the database was down should all be 503", outcomes)
 	}
 
-	// Back: every refused token was never spent and redeems now.
+	// Back: a refused token redeems now, unless its commit reached the
+	// database and only the acknowledgement was lost (README: the token is
+	// then spent, with its row and without a record handed out). That is
+	// the one case where rows may outnumber records.
+	ackLost := 0
 	for _, tok := range refused {
 		o := s.redeemToken(tok)
-		if o.status != http.StatusOK || o.token == "" {
+		switch {
+		case o.status == http.StatusOK && o.token != "":
+			records = append(records, o.token)
+		case o.status == http.StatusConflict:
+			ackLost++
+		default:
 			t.Fatalf("redeeming a token refused during the outage: %+v", o)
 		}
-		records = append(records, o.token)
 	}
 	if o := s.redeemToken(toks[1]); o.status != http.StatusConflict {
 		t.Fatalf("second redemption after the outage: %+v, want 409", o)
@@ -302,10 +314,10 @@ func TestDatabaseOutage(t *testing.T) {
 		t.Fatalf("issuance after the outage: %+v", o)
 	}
 
-	// No record without its row, and no row without a record: there is
-	// exactly one of each per token.
-	if len(records) != len(toks) {
-		t.Fatalf("%d records for %d tokens", len(records), len(toks))
+	// No record without its row: every record handed out has exactly one,
+	// and the only rows without a record are those of lost acknowledgements.
+	if len(records)+ackLost != len(toks) {
+		t.Fatalf("%d records and %d lost acknowledgements for %d tokens", len(records), ackLost, len(toks))
 	}
 	for _, id := range s.verifyRecords(records) {
 		if n := s.count("SELECT count(*) FROM redemptions WHERE record_id = $1", id); n != 1 {
@@ -313,9 +325,9 @@ func TestDatabaseOutage(t *testing.T) {
 		}
 	}
 	if n := s.redemptions(); n != len(toks) {
-		t.Fatalf("%d redemption rows for %d records", n, len(toks))
+		t.Fatalf("%d redemption rows for %d tokens", n, len(toks))
 	}
-	t.Logf("during the outage: %v", outcomes)
+	t.Logf("during the outage: %v; acknowledgements lost: %d", outcomes, ackLost)
 	s.assertRunning()
 	s.assertNo500()
 }

@@ -192,13 +192,16 @@ type harness struct {
 	iss *fakeIssuer
 	log *syncBuffer
 	reg *prometheus.Registry
+	// done closes when the test ends: hooks that must hang block on it.
+	done chan struct{}
 }
 
 // newHarness builds a ready server around a fake issuer. mod may adjust the
 // config before New.
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{iss: newFake(), log: &syncBuffer{}, reg: prometheus.NewRegistry()}
+	h := &harness{iss: newFake(), log: &syncBuffer{}, reg: prometheus.NewRegistry(), done: make(chan struct{})}
+	t.Cleanup(func() { close(h.done) })
 	cfg := Config{
 		IssuerOrigin:       "https://issuer.example",
 		RedemptionLifetime: 7 * 24 * time.Hour,

@@ -161,11 +161,11 @@ func rejections() []rejection {
 		}, status: 500, reason: "internal"},
 		{name: "issuer-hangs", path: PathIssuance, cfg: func(c *Config) { c.RequestTimeout = 50 * time.Millisecond },
 			setup: func(h *harness) {
-				h.iss.set(func(f *fakeIssuer) { f.issueHook = func(context.Context) { time.Sleep(300 * time.Millisecond) } })
+				h.iss.set(func(f *fakeIssuer) { f.issueHook = func(context.Context) { <-h.done } })
 			}, status: 503, reason: "timeout"},
 		{name: "issuer-hangs", path: PathRedemption, cfg: func(c *Config) { c.RequestTimeout = 50 * time.Millisecond },
 			setup: func(h *harness) {
-				h.iss.set(func(f *fakeIssuer) { f.redeemHook = func(context.Context) { time.Sleep(300 * time.Millisecond) } })
+				h.iss.set(func(f *fakeIssuer) { f.redeemHook = func(context.Context) { <-h.done } })
 			}, status: 503, reason: "timeout"},
 		{name: "issuer-honours-deadline", path: PathIssuance, cfg: func(c *Config) { c.RequestTimeout = 50 * time.Millisecond },
 			setup: func(h *harness) {

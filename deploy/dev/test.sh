@@ -42,7 +42,7 @@ set -a
 set +a
 
 # shellcheck disable=SC2086 # PKGS may name several package patterns
-"$GO" test -count=1 -race $PKGS
+"$GO" test -count=1 -race -timeout 20m $PKGS
 
 for t in $FUZZ_TARGETS; do
 	pkg=${t%%:*}

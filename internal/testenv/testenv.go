@@ -293,9 +293,18 @@ func (c *Cluster) Stop(t testing.TB) {
 // Start starts it again on the same port.
 func (c *Cluster) Start(t testing.TB) {
 	t.Helper()
-	if err := c.run("start", strconv.Itoa(c.port), "--throwaway"); err != nil {
-		t.Fatalf("restarting the cluster: %v", err)
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// Restart is Start for a goroutine other than the test's: it returns the
+// error instead of failing the test.
+func (c *Cluster) Restart() error {
+	if err := c.run("start", strconv.Itoa(c.port), "--throwaway"); err != nil {
+		return fmt.Errorf("restarting the cluster: %w", err)
+	}
+	return nil
 }
 
 func (c *Cluster) run(args ...string) error {

@@ -440,16 +440,15 @@ func TestOpenLooksForAMissingTokenBriefly(t *testing.T) {
 
 	// Listed again on the second look.
 	tok = newFakeToken("1234")
-	tok.dialErr = fmt.Errorf("%w: not listed", ErrNoToken)
-	go func() {
-		time.Sleep(noTokenRetryGap / 2)
-		tok.mu.Lock()
-		tok.dialErr = nil
-		tok.mu.Unlock()
-	}()
-	h, err := open(cfg, tok.dial)
-	if err != nil {
-		t.Fatalf("token listed again: %v", err)
+	looks := 0
+	h, err := open(cfg, func(c Config, pin []byte) (backend, error) {
+		if looks++; looks == 1 {
+			return nil, fmt.Errorf("%w: not listed", ErrNoToken)
+		}
+		return tok.dial(c, pin)
+	})
+	if err != nil || looks != 2 {
+		t.Fatalf("token listed again: %v after %d looks", err, looks)
 	}
 	h.Close()
 
