@@ -37,7 +37,6 @@ type readyFlight struct {
 	err  error
 }
 
-
 type readyState struct {
 	err error // nil: ready
 	at  time.Time
