@@ -55,7 +55,7 @@ stop:
 
 # Race-enabled tests against a throwaway PostgreSQL cluster (always stopped
 # afterwards), then a short fuzz pass over FUZZ_TARGETS.
-test: build deps
+test: deps build
 	GO='$(GO)' PKGS='$(PKGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZTIME='$(FUZZTIME)' deploy/dev/test.sh
 
 lint:
