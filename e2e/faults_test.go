@@ -429,6 +429,13 @@ func TestStartWithoutUsableToken(t *testing.T) {
 	// still works.
 	s.start()
 	s.assertRunning()
+	// And the key in use is visible to monitoring.
+	if id := s.metric("pstd_key_epoch"); id != 1 {
+		t.Errorf("pstd_key_epoch = %v, want 1", id)
+	}
+	if exp := s.metric("pstd_signing_key_expiry_timestamp_seconds"); exp < float64(time.Now().Add(30*24*time.Hour).Unix()) {
+		t.Errorf("pstd_signing_key_expiry_timestamp_seconds = %v, want a month or more ahead", exp)
+	}
 }
 
 func lastLine(s string) string {

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"errors"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -11,7 +12,7 @@ const metricsNamespace = "pstd"
 // Metrics are pstd's Prometheus metrics, registered on an injected registry
 // (never the global one). The HTTP layer records requests, issuance and
 // redemption outcomes and readiness; the issuer service uses the hooks
-// (IncHSMError, IncDBError, SetKeyEpoch). No label ever carries a client
+// (IncHSMError, IncDBError, SetSigningKey, RotationDone). No label ever carries a client
 // address, a token or a record.
 type Metrics struct {
 	issuance     *prometheus.CounterVec
@@ -22,6 +23,9 @@ type Metrics struct {
 	hsmErrors    prometheus.Counter
 	dbErrors     prometheus.Counter
 	keyEpoch     prometheus.Gauge
+	keyExpiry    prometheus.Gauge
+	rotationErrs prometheus.Counter
+	rotatedAt    prometheus.Gauge
 }
 
 // NewMetrics creates pstd's metrics and registers them on reg. A collector
@@ -61,6 +65,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: metricsNamespace, Name: "key_epoch",
 			Help: "Key id of the VOPRF key currently signing.",
 		}),
+		keyExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Name: "signing_key_expiry_timestamp_seconds",
+			Help: "When the VOPRF key currently signing expires (Unix time): alert well before it passes with no successor.",
+		}),
+		rotationErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "rotation_errors_total",
+			Help: "Failed runs of the rotation policy or of the key-set reload.",
+		}),
+		rotatedAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Name: "rotation_last_success_timestamp_seconds",
+			Help: "When this replica last ran the rotation policy successfully (Unix time).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -85,6 +101,9 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	register(m.hsmErrors, func(c prometheus.Collector) { m.hsmErrors = c.(prometheus.Counter) })
 	register(m.dbErrors, func(c prometheus.Collector) { m.dbErrors = c.(prometheus.Counter) })
 	register(m.keyEpoch, func(c prometheus.Collector) { m.keyEpoch = c.(prometheus.Gauge) })
+	register(m.keyExpiry, func(c prometheus.Collector) { m.keyExpiry = c.(prometheus.Gauge) })
+	register(m.rotationErrs, func(c prometheus.Collector) { m.rotationErrs = c.(prometheus.Counter) })
+	register(m.rotatedAt, func(c prometheus.Collector) { m.rotatedAt = c.(prometheus.Gauge) })
 	return m, errors.Join(errs...)
 }
 
@@ -96,6 +115,22 @@ func (m *Metrics) IncDBError() { m.dbErrors.Inc() }
 
 // SetKeyEpoch records the id of the VOPRF key currently signing.
 func (m *Metrics) SetKeyEpoch(keyID uint32) { m.keyEpoch.Set(float64(keyID)) }
+
+// SetSigningKey records the key currently signing and when it expires.
+func (m *Metrics) SetSigningKey(keyID uint32, expiry time.Time) {
+	m.keyEpoch.Set(float64(keyID))
+	m.keyExpiry.Set(float64(expiry.Unix()))
+}
+
+// RotationDone records one run of the rotation policy (and reload): err nil
+// is a success.
+func (m *Metrics) RotationDone(at time.Time, err error) {
+	if err != nil {
+		m.rotationErrs.Inc()
+		return
+	}
+	m.rotatedAt.Set(float64(at.Unix()))
+}
 
 func (m *Metrics) setReady(ok bool) {
 	if ok {

@@ -91,11 +91,16 @@ type Store interface {
 
 // Config configures the issuer service.
 type Config struct {
-	IssuerOrigin     string
-	BatchSize        int
-	RecordLifetime   time.Duration
-	Policy           RotationPolicy
-	Clock            Clock
+	IssuerOrigin   string
+	BatchSize      int
+	RecordLifetime time.Duration
+	Policy         RotationPolicy
+	Clock          Clock
+	// OnSigningKey, if set, is told the signing key's id and expiry after
+	// every successful load; OnRotation after every run of the rotation
+	// policy and reload in Run (err nil: success).
+	OnSigningKey     func(keyID uint32, expiry time.Time)
+	OnRotation       func(at time.Time, err error)
 	RefreshInterval  time.Duration // how often replicas look for a new key set
 	RotationInterval time.Duration // how often the rotation policy runs
 	Logger           *slog.Logger
@@ -541,6 +546,9 @@ func (s *Service) reload(ctx context.Context) (err error) {
 	if cur == nil || cur.version != version {
 		s.cfg.Logger.Info("loaded key set", "commitment_id", version, "keys", len(next.keys))
 	}
+	if lk, ok := next.signing(s.cfg.Clock.Now()); ok && s.cfg.OnSigningKey != nil {
+		s.cfg.OnSigningKey(lk.Key.KeyID(), lk.Times.Expiry)
+	}
 	return nil
 }
 
@@ -608,11 +616,16 @@ func (s *Service) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-rotate.C:
-			if _, err := s.Rotate(ctx); err != nil {
-				s.cfg.Logger.Error("rotation failed", "err", err)
+			_, rerr := s.Rotate(ctx)
+			if rerr != nil {
+				s.cfg.Logger.Error("rotation failed", "err", rerr)
 			}
-			if err := s.Reload(ctx); err != nil {
-				s.cfg.Logger.Error("reloading keys failed", "err", err)
+			lerr := s.Reload(ctx)
+			if lerr != nil {
+				s.cfg.Logger.Error("reloading keys failed", "err", lerr)
+			}
+			if s.cfg.OnRotation != nil && ctx.Err() == nil {
+				s.cfg.OnRotation(s.cfg.Clock.Now(), errors.Join(rerr, lerr))
 			}
 		case <-refresh.C:
 			if err := s.refreshIfChanged(ctx); err != nil {

@@ -93,7 +93,8 @@ func serve(ctx context.Context, s *app.Settings) error {
 	if err != nil {
 		return err
 	}
-	a, err := app.Open(ctx, s, log, s.Migrate, app.Hooks{OnHSMError: metrics.IncHSMError, OnDBError: metrics.IncDBError})
+	a, err := app.Open(ctx, s, log, s.Migrate, app.Hooks{OnHSMError: metrics.IncHSMError, OnDBError: metrics.IncDBError,
+		OnSigningKey: metrics.SetSigningKey, OnRotation: metrics.RotationDone})
 	if err != nil {
 		return err
 	}

@@ -22,8 +22,10 @@ type App struct {
 
 // Hooks lets the caller count HSM and database errors.
 type Hooks struct {
-	OnHSMError func()
-	OnDBError  func()
+	OnHSMError   func()
+	OnDBError    func()
+	OnSigningKey func(keyID uint32, expiry time.Time)
+	OnRotation   func(at time.Time, err error)
 }
 
 // OpenStore opens the database only.
@@ -107,6 +109,8 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, hook
 		Logger:         log,
 		OnHSMError:     hooks.OnHSMError,
 		OnDBError:      hooks.OnDBError,
+		OnSigningKey:   hooks.OnSigningKey,
+		OnRotation:     hooks.OnRotation,
 	}, StoreAdapter{store}, h)
 	if err != nil {
 		h.Close()
