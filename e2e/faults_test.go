@@ -507,3 +507,59 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	t.Logf("outcomes: %v", seen)
 	s.assertNo500()
 }
+
+// TestRetireKey: the compromise response. After `pstctl keys rotate
+// --force` and `pstctl keys retire 1`, the running pstd stops redeeming key
+// 1's tokens and stops publishing it, without a restart; the only key left
+// that signs cannot be retired.
+func TestRetireKey(t *testing.T) {
+	s := newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
+	old := s.issueTokens(2)
+	if old[0].KeyID != 1 {
+		t.Fatalf("first token under key %d, want 1", old[0].KeyID)
+	}
+	s.pstctl("keys", "rotate", "--force")
+	s.pstctl("keys", "retire", "1")
+
+	// The replica notices at its next key-set refresh (at most 5 s; until
+	// then the token may still redeem, or answer 409 once it has).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		o := s.redeemToken(old[0])
+		if o.status == http.StatusBadRequest && o.problem == httpapi.ProblemTypePrefix+"unknown-key" {
+			break
+		}
+		if o.status != http.StatusOK && o.status != http.StatusConflict {
+			t.Fatalf("redeeming during the refresh window: %+v", o)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retired key's token still answered %+v after 30 s", o)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// From then on no token of key 1 redeems.
+	if o := s.redeemToken(old[1]); o.status != http.StatusBadRequest || o.problem != httpapi.ProblemTypePrefix+"unknown-key" {
+		t.Fatalf("an unspent token of the retired key: %+v, want 400 unknown-key", o)
+	}
+	c, keys, err := voprf.ParseCommitment(getBody(t, "http://"+s.listen+"/.well-known/private-state-token/key-commitment"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := keys[1]; ok || len(keys) != 1 {
+		t.Fatalf("commitment %d still lists key 1: %v", c.ID, voprf.SortedKeyIDs(keys))
+	}
+	fresh := s.issueTokens(1)
+	if o := s.redeemToken(fresh[0]); o.status != http.StatusOK || fresh[0].KeyID != 2 {
+		t.Fatalf("token of key %d after the retirement: %+v", fresh[0].KeyID, o)
+	}
+	if n := s.count("SELECT count(*) FROM audit_log WHERE action = 'key.retire' AND subject = 'key:1'"); n != 1 {
+		t.Fatalf("%d key.retire entries for key 1", n)
+	}
+
+	cmd := exec.Command(filepath.Join(binDir, "pstctl"), "keys", "retire", "2")
+	cmd.Env = s.env
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "only key that can sign") {
+		t.Fatalf("retiring the last signing key: %v\n%s", err, out)
+	}
+}

@@ -345,6 +345,45 @@ func (s *Service) Rotate(ctx context.Context) (bool, error) {
 	})
 }
 
+// RetireKey takes a VOPRF key out of service now, before its expiry (pstctl
+// keys retire, say after a suspected compromise): it leaves the commitment,
+// and its tokens stop redeeming on every replica at its next key-set
+// refresh. It refuses to retire the only key that can sign; create a
+// successor first (ForceRotate).
+func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) error {
+	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+		epochs, err := s.store.KeyEpochs(ctx)
+		if err != nil {
+			return s.dbErr(err, "reading key epochs failed")
+		}
+		now := s.cfg.Clock.Now()
+		var rest []KeyTimes
+		found := false
+		for _, e := range epochs {
+			if e.KeyID == keyID {
+				found = true
+				continue
+			}
+			rest = append(rest, e.Times())
+		}
+		if !found {
+			return pstderr.New(pstderr.UnknownKey, "no live key %d", keyID)
+		}
+		if _, ok := SigningKey(now, rest); !ok {
+			return fmt.Errorf("key %d is the only key that can sign now; create a successor first (pstctl keys rotate --force)", keyID)
+		}
+		if err := s.store.RetireKeyEpoch(ctx, keyID, actor); err != nil {
+			return s.dbErr(err, "retiring the key failed")
+		}
+		s.cfg.Logger.Warn("retired key before its expiry", "key_id", keyID, "actor", actor)
+		return s.publish(ctx)
+	})
+	if err == nil && !ok {
+		err = errors.New("another replica is rotating; try again")
+	}
+	return err
+}
+
 // ForceRotate creates a key that signs from now (pstctl keys rotate).
 func (s *Service) ForceRotate(ctx context.Context, force bool, actor string) (uint32, error) {
 	var id uint32

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -136,6 +137,22 @@ func root(out io.Writer) *ffcli.Command {
 						return err
 					}
 					fmt.Fprintf(out, "key %d signs from now\n", id)
+					return nil
+				})
+			}),
+			cmd("retire", "keys retire KEY_ID", "take a key out of service now, before its expiry (suspected compromise); its tokens stop redeeming", nil, func(ctx context.Context, s *app.Settings, args []string) error {
+				if len(args) != 1 {
+					return errors.New("usage: pstctl keys retire KEY_ID")
+				}
+				id, err := strconv.ParseUint(args[0], 10, 32)
+				if err != nil || id == 0 {
+					return fmt.Errorf("%q is not a key id", args[0])
+				}
+				return withApp(ctx, s, func(a *app.App) error {
+					if err := a.Service.RetireKey(ctx, uint32(id), actor()); err != nil {
+						return err
+					}
+					fmt.Fprintf(out, "key %d retired; replicas stop redeeming its tokens within seconds, and browsers drop it with the next commitment they fetch\n", id)
 					return nil
 				})
 			}),
