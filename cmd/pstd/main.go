@@ -35,6 +35,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, the default action again: a second one ends
+	// the process at once, should the graceful shutdown hang.
+	go func() { <-ctx.Done(); stop() }()
 	if err := root().ParseAndRun(ctx, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -45,9 +48,9 @@ func main() {
 }
 
 func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
+	l, err := app.ParseLogLevel(level)
+	if err != nil {
+		l = slog.LevelInfo // ValidateServe reports the bad value
 	}
 	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
@@ -65,7 +68,7 @@ func root() *ffcli.Command {
 		ShortUsage: "pstd serve|migrate [flags]",
 		Subcommands: []*ffcli.Command{
 			{Name: "serve", ShortUsage: "pstd serve [flags]", ShortHelp: "serve the issuer", FlagSet: serveFS, Options: opts,
-				Exec: func(ctx context.Context, args []string) error { return serve(ctx, &s) }},
+				Exec: func(ctx context.Context, args []string) error { return serve(ctx, &s, serveFS) }},
 			{Name: "migrate", ShortUsage: "pstd migrate [flags]", ShortHelp: "apply database migrations", FlagSet: migrateFS, Options: opts,
 				Exec: func(ctx context.Context, args []string) error {
 					store, err := app.OpenStore(ctx, &m, newLogger(m.LogLevel))
@@ -80,12 +83,15 @@ func root() *ffcli.Command {
 	}
 }
 
-func serve(ctx context.Context, s *app.Settings) error {
+func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
 	log := newLogger(s.LogLevel)
 	if err := s.ValidateServe(); err != nil {
 		return err
 	}
 	log.Info("starting pstd", "settings", s)
+	for _, w := range s.Warnings(fs, os.Environ()) {
+		log.Warn(w)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pstd/pstd/signer"
+	"github.com/pstd/pstd/signer/hsm"
 )
 
 // Settings are every setting the binaries take. Each is a flag and, through
@@ -96,7 +98,69 @@ func (s *Settings) ValidateServe() error {
 	if err := s.Policy().Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := ParseLogLevel(s.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"PSTD_RECORD_LIFETIME", s.RecordLifetime}, {"PSTD_RATE_WINDOW", s.RateWindow},
+		{"PSTD_REQUEST_TIMEOUT", s.RequestTimeout}, {"PSTD_SHUTDOWN_TIMEOUT", s.ShutdownTimeout},
+	} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %v", d.name, d.v))
+		}
+	}
+	if s.RateLimit < 0 {
+		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))
+	}
+	if s.AllowedOrigins != "*" && s.AllowedOrigins != "" {
+		for _, o := range strings.Split(s.AllowedOrigins, ",") {
+			if err := validateOrigin(o); err != nil {
+				errs = append(errs, fmt.Errorf("PSTD_ALLOWED_ORIGINS: %w", err))
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// ParseLogLevel accepts debug, info, warn or error.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("PSTD_LOG_LEVEL %q is not debug, info, warn or error", s)
+}
+
+// Warnings are settings that work but that an operator should hear about:
+// environment variables that name no setting (a typo silently ignored
+// otherwise), and an http issuer origin on a listener beyond loopback.
+func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) {
+		known["PSTD_"+strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))] = true
+	})
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "PSTD_") && !known[name] {
+			out = append(out, fmt.Sprintf("environment variable %s is not a pstd setting (a typo?); it is ignored", name))
+		}
+	}
+	if strings.HasPrefix(s.IssuerOrigin, "http://") {
+		if host, _, err := net.SplitHostPort(s.Listen); err == nil && host != "127.0.0.1" && host != "localhost" && host != "::1" {
+			out = append(out, fmt.Sprintf("PSTD_ISSUER_ORIGIN is %s (plain http) while listening on %s: browsers accept PST issuers on http only for localhost", s.IssuerOrigin, s.Listen))
+		}
+	}
+	return out
 }
 
 func (s *Settings) validateHSM() error {
@@ -131,13 +195,25 @@ func validateOrigin(o string) error {
 func (s *Settings) LogValue() slog.Value {
 	pin := "unset"
 	if s.PKCS11PIN != "" {
-		pin = "from environment"
+		pin = "from a flag"
+		if os.Getenv("PSTD_PKCS11_PIN") != "" {
+			pin = "from environment"
+		}
 	}
 	if s.PKCS11PINFile != "" {
 		pin = "from file " + s.PKCS11PINFile
 	}
+	uri := ""
+	if s.PKCS11URI != "" {
+		if u, err := hsm.ParseURI(s.PKCS11URI); err == nil {
+			uri = u.String() // pin-value redacted
+		} else {
+			uri = "(unparsable)"
+		}
+	}
 	return slog.GroupValue(
 		slog.String("database", redactURL(s.DatabaseURL)),
+		slog.String("pkcs11_uri", uri),
 		slog.String("pkcs11_module", s.PKCS11Module),
 		slog.String("pkcs11_token_label", s.PKCS11Token),
 		slog.String("pkcs11_pin", pin),
@@ -146,8 +222,17 @@ func (s *Settings) LogValue() slog.Value {
 		slog.Int("batch_size", s.BatchSize),
 		slog.Duration("record_lifetime", s.RecordLifetime),
 		slog.Duration("signing_period", s.SigningPeriod),
+		slog.Duration("publish_lead", s.PublishLead),
+		slog.Duration("redeem_grace", s.RedeemGrace),
+		slog.Bool("migrate", s.Migrate),
 		slog.Bool("demo", s.Demo),
 		slog.Int("rate_limit", s.RateLimit),
+		slog.Duration("rate_window", s.RateWindow),
+		slog.String("allowed_origins", s.AllowedOrigins),
+		slog.String("log_level", s.LogLevel),
+		slog.Bool("log_client_addr", s.LogClientAddr),
+		slog.Duration("request_timeout", s.RequestTimeout),
+		slog.Duration("shutdown_timeout", s.ShutdownTimeout),
 	)
 }
 

@@ -1,10 +1,12 @@
 package app
 
 import (
+	"flag"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The start-up log line must not carry a database password, wherever the
@@ -53,5 +55,49 @@ func TestHSMConfigForgetsPIN(t *testing.T) {
 	}
 	if !strings.Contains(logged.String(), "command-line flag") || strings.Contains(logged.String(), "pin-4711") {
 		t.Fatalf("log: %s", logged.String())
+	}
+}
+
+func TestValidateServeRefusesBadValues(t *testing.T) {
+	base := func() Settings {
+		var s Settings
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		s.Register(fs)
+		_ = fs.Parse(nil)
+		s.DatabaseURL, s.PKCS11Module, s.PKCS11Token, s.PKCS11PINFile = "postgres://x@h/db", "/m.so", "t", "/pin"
+		return s
+	}
+	ok := base()
+	if err := ok.ValidateServe(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, mod := range map[string]func(*Settings){
+		"log level":       func(s *Settings) { s.LogLevel = "verbose" },
+		"record lifetime": func(s *Settings) { s.RecordLifetime = -time.Hour },
+		"request timeout": func(s *Settings) { s.RequestTimeout = 0 },
+		"rate window":     func(s *Settings) { s.RateWindow = -1 },
+		"allowed origins": func(s *Settings) { s.AllowedOrigins = "https://a.example,not an origin" },
+		"batch size":      func(s *Settings) { s.BatchSize = 101 },
+	} {
+		s := base()
+		mod(&s)
+		if err := s.ValidateServe(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	var s Settings
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.Register(fs)
+	_ = fs.Parse(nil)
+	s.Listen = "0.0.0.0:8480"
+	w := strings.Join(s.Warnings(fs, []string{"PSTD_PKCS11_TOKEN=x", "PSTD_LISTEN=0.0.0.0:8480", "HOME=/root"}), "\n")
+	if !strings.Contains(w, "PSTD_PKCS11_TOKEN is not a pstd setting") || strings.Contains(w, "PSTD_LISTEN is not") {
+		t.Errorf("unknown-variable warnings: %s", w)
+	}
+	if !strings.Contains(w, "plain http") {
+		t.Errorf("no warning for an http origin on 0.0.0.0: %s", w)
 	}
 }
