@@ -151,7 +151,10 @@ func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
 	var out []string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "PSTD_") && !known[name] {
+		// PSTD_TEST_*, PSTD_DEV_* and PSTD_GO_PREFIX belong to the
+		// project's own scripts and tests.
+		if strings.HasPrefix(name, "PSTD_") && !known[name] && !strings.HasPrefix(name, "PSTD_TEST_") &&
+			!strings.HasPrefix(name, "PSTD_DEV_") && name != "PSTD_GO_PREFIX" && name != "PSTD_ROOT" && name != "PSTD_SCRIPT" {
 			out = append(out, fmt.Sprintf("environment variable %s is not a pstd setting (a typo?); it is ignored", name))
 		}
 	}
