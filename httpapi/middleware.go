@@ -104,6 +104,12 @@ func (s *Server) requestLog(next echo.HandlerFunc) echo.HandlerFunc {
 			attrs = append(attrs, slog.String("client_addr", req.RemoteAddr))
 		}
 		level := slog.LevelInfo
+		if (route == PathHealthz || route == PathReadyz || route == PathMetrics) && status < 500 {
+			// Load balancers and scrapers poll these; at info they would
+			// drown the lines that matter. A failing /readyz is a 503,
+			// so it still shows.
+			level = slog.LevelDebug
+		}
 		if cause, ok := c.Get(ctxCause).(error); ok && cause != nil {
 			level = slog.LevelError
 			attrs = append(attrs, slog.String("error", cause.Error()))
