@@ -73,7 +73,7 @@ func TestRedemptionSuccess(t *testing.T) {
 			if cc := rec.Header().Get("Cache-Control"); cc != "no-store" {
 				t.Errorf("Cache-Control = %q", cc)
 			}
-			if !strings.Contains(h.metricsText(t), `pstd_redemptions_total{outcome="redeemed"} 1`) {
+			if !strings.Contains(h.metricsText(t), `pstd_redemption_requests_total{outcome="redeemed"} 1`) {
 				t.Error("redemption not counted")
 			}
 		})
@@ -277,7 +277,7 @@ func TestRejections(t *testing.T) {
 				// The outcome is counted under its reason.
 				metric := "pstd_issuance_requests_total"
 				if path == PathRedemption {
-					metric = "pstd_redemptions_total"
+					metric = "pstd_redemption_requests_total"
 				}
 				if m := h.metricsText(t); !strings.Contains(m, metric+`{outcome="`+tc.reason+`"}`) {
 					t.Errorf("%s{outcome=%q} not counted", metric, tc.reason)

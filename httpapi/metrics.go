@@ -41,7 +41,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Tokens signed and returned to clients.",
 		}),
 		redemptions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNamespace, Name: "redemptions_total",
+			Namespace: metricsNamespace, Name: "redemption_requests_total",
 			Help: "Redemption requests by outcome (redeemed, or the problem reason).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
