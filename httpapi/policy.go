@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -179,4 +180,49 @@ func ClientAddrKey(addr string) string {
 		return p.String()
 	}
 	return ip.String()
+}
+
+// ForwardedClientKey is a RateLimitConfig.ClientKey for pstd behind reverse
+// proxies. When the TCP peer is one of trusted, the client is the
+// rightmost X-Forwarded-For address that is not itself a trusted proxy
+// (entries left of it were written by the client and prove nothing);
+// otherwise the peer is the client. The result goes through ClientAddrKey.
+func ForwardedClientKey(trusted []netip.Prefix) func(*http.Request) string {
+	isTrusted := func(a netip.Addr) bool {
+		for _, p := range trusted {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	parse := func(s string) (netip.Addr, bool) {
+		s = strings.TrimSpace(s)
+		if host, _, err := net.SplitHostPort(s); err == nil {
+			s = host
+		}
+		a, err := netip.ParseAddr(s)
+		return a.Unmap().WithZone(""), err == nil
+	}
+	return func(r *http.Request) string {
+		peer, ok := parse(r.RemoteAddr)
+		if !ok || !isTrusted(peer) {
+			return ClientAddrKey(r.RemoteAddr)
+		}
+		var hops []string
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			hops = append(hops, strings.Split(v, ",")...)
+		}
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, ok := parse(hops[i])
+			if !ok {
+				break // garbage: stop believing the header here
+			}
+			if !isTrusted(a) {
+				return ClientAddrKey(a.String())
+			}
+		}
+		// Only proxies, or nothing usable: key on the proxy itself.
+		return ClientAddrKey(r.RemoteAddr)
+	}
 }

@@ -138,7 +138,11 @@ func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
 	}
 	var policy httpapi.Policy = httpapi.AllowAll{}
 	if s.RateLimit > 0 {
-		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow})
+		cfg := httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow}
+		if proxies, _ := s.TrustedProxyPrefixes(); len(proxies) > 0 { // validated by ValidateServe
+			cfg.ClientKey = httpapi.ForwardedClientKey(proxies)
+		}
+		policy = httpapi.NewRateLimit(cfg)
 	}
 	var origins []string
 	if s.AllowedOrigins != "" && s.AllowedOrigins != "*" {

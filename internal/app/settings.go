@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -41,6 +42,7 @@ type Settings struct {
 	Demo            bool
 	RateLimit       int
 	RateWindow      time.Duration
+	TrustedProxies  string
 	AllowedOrigins  string
 	LogLevel        string
 	LogClientAddr   bool
@@ -68,6 +70,7 @@ func (s *Settings) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.Demo, "demo", false, "serve the demo issuer and relying-party pages (PSTD_DEMO)")
 	fs.IntVar(&s.RateLimit, "rate-limit", 0, "issuance requests per client address per window; 0 allows all (PSTD_RATE_LIMIT)")
 	fs.DurationVar(&s.RateWindow, "rate-window", time.Minute, "window of the per-address rate limit (PSTD_RATE_WINDOW)")
+	fs.StringVar(&s.TrustedProxies, "trusted-proxies", "", "comma-separated CIDRs of reverse proxies whose X-Forwarded-For the rate limit believes (PSTD_TRUSTED_PROXIES)")
 	fs.StringVar(&s.AllowedOrigins, "allowed-origins", "*", "comma-separated origins allowed by CORS, or * (PSTD_ALLOWED_ORIGINS)")
 	fs.StringVar(&s.LogLevel, "log-level", "info", "debug, info, warn or error (PSTD_LOG_LEVEL)")
 	fs.BoolVar(&s.LogClientAddr, "log-client-addr", false, "log client addresses (off: privacy) (PSTD_LOG_CLIENT_ADDR)")
@@ -115,6 +118,9 @@ func (s *Settings) ValidateServe() error {
 	if s.RateLimit < 0 {
 		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))
 	}
+	if _, err := s.TrustedProxyPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
 	if s.AllowedOrigins != "*" && s.AllowedOrigins != "" {
 		for _, o := range strings.Split(s.AllowedOrigins, ",") {
 			if err := validateOrigin(o); err != nil {
@@ -123,6 +129,22 @@ func (s *Settings) ValidateServe() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// TrustedProxyPrefixes parses PSTD_TRUSTED_PROXIES.
+func (s *Settings) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range strings.Split(s.TrustedProxies, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("PSTD_TRUSTED_PROXIES: %q is not a CIDR prefix", c)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // ParseLogLevel accepts debug, info, warn or error.
@@ -231,6 +253,7 @@ func (s *Settings) LogValue() slog.Value {
 		slog.Bool("demo", s.Demo),
 		slog.Int("rate_limit", s.RateLimit),
 		slog.Duration("rate_window", s.RateWindow),
+		slog.String("trusted_proxies", s.TrustedProxies),
 		slog.String("allowed_origins", s.AllowedOrigins),
 		slog.String("log_level", s.LogLevel),
 		slog.Bool("log_client_addr", s.LogClientAddr),

@@ -78,6 +78,7 @@ func TestValidateServeRefusesBadValues(t *testing.T) {
 		"rate window":     func(s *Settings) { s.RateWindow = -1 },
 		"allowed origins": func(s *Settings) { s.AllowedOrigins = "https://a.example,not an origin" },
 		"batch size":      func(s *Settings) { s.BatchSize = 101 },
+		"trusted proxies": func(s *Settings) { s.TrustedProxies = "10.0.0.0/8, not-a-cidr" },
 	} {
 		s := base()
 		mod(&s)
