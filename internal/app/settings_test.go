@@ -4,6 +4,7 @@ import (
 	"flag"
 	"log/slog"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -100,5 +101,33 @@ func TestWarnings(t *testing.T) {
 	}
 	if !strings.Contains(w, "plain http") {
 		t.Errorf("no warning for an http origin on 0.0.0.0: %s", w)
+	}
+}
+
+// The README's configuration table names every setting, and only those.
+func TestREADMEListsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(PSTD_[A-Z0-9_]+)`(?: / `(PSTD_[A-Z0-9_]+)`)?").FindAllStringSubmatch(string(b), -1) {
+		documented[m[1]] = true
+		if m[2] != "" {
+			documented[m[2]] = true
+		}
+	}
+	var s Settings
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.Register(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "PSTD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if !documented[name] {
+			t.Errorf("README's configuration table lacks %s", name)
+		}
+		delete(documented, name)
+	})
+	for name := range documented {
+		t.Errorf("README documents %s, which is no setting", name)
 	}
 }
