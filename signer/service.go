@@ -253,7 +253,7 @@ func (s *Service) ImportKey(ctx context.Context, blob []byte, t KeyTimes, actor 
 		return 0, err
 	}
 	defer sk.Wipe()
-	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+	err = s.operatorLocked(ctx, func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -275,9 +275,6 @@ func (s *Service) ImportKey(ctx context.Context, blob []byte, t KeyTimes, actor 
 		}
 		return s.storeKey(ctx, sk, t, true, actor)
 	})
-	if err == nil && !ok {
-		err = errors.New("another replica is rotating; try again")
-	}
 	return sk.KeyID(), err
 }
 
@@ -345,13 +342,27 @@ func (s *Service) Rotate(ctx context.Context) (bool, error) {
 	})
 }
 
+// errRotating answers an operator's command when another replica holds
+// the rotation lock.
+var errRotating = errors.New("another replica is rotating; try again")
+
+// operatorLocked runs an operator's key change under the rotation lock, or
+// fails with errRotating if another replica holds it.
+func (s *Service) operatorLocked(ctx context.Context, fn func(context.Context) error) error {
+	ok, err := s.store.WithRotationLock(ctx, fn)
+	if err == nil && !ok {
+		return errRotating
+	}
+	return err
+}
+
 // RetireKey takes a VOPRF key out of service now, before its expiry (pstctl
 // keys retire, say after a suspected compromise): it leaves the commitment,
 // and its tokens stop redeeming on every replica at its next key-set
 // refresh. It refuses to retire the only key that can sign; create a
 // successor first (ForceRotate).
 func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) error {
-	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -378,16 +389,13 @@ func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) err
 		s.cfg.Logger.Warn("retired key before its expiry", "key_id", keyID, "actor", actor)
 		return s.publish(ctx)
 	})
-	if err == nil && !ok {
-		err = errors.New("another replica is rotating; try again")
-	}
 	return err
 }
 
 // ForceRotate creates a key that signs from now (pstctl keys rotate).
 func (s *Service) ForceRotate(ctx context.Context, force bool, actor string) (uint32, error) {
 	var id uint32
-	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -405,9 +413,6 @@ func (s *Service) ForceRotate(ctx context.Context, force bool, actor string) (ui
 		}
 		return s.publish(ctx)
 	})
-	if err == nil && !ok {
-		err = errors.New("another replica is rotating; try again")
-	}
 	return id, err
 }
 
@@ -469,14 +474,11 @@ func (s *Service) ensureRRKey(ctx context.Context) error {
 // and in its transaction, so the new key and the retirements land together.
 func (s *Service) RotateRRKey(ctx context.Context, actor string) (string, error) {
 	var id string
-	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, func(ctx context.Context) error {
 		var err error
 		id, err = s.rotateRRKey(ctx, actor)
 		return err
 	})
-	if err == nil && !ok {
-		err = errors.New("another replica is rotating; try again")
-	}
 	return id, err
 }
 
