@@ -101,7 +101,7 @@ func wantKind(t *testing.T, err error, k pstderr.Kind) {
 	if err == nil {
 		t.Fatalf("got nil error, want %s", k)
 	}
-	if got := pstderr.KindOf(err); got != k {
+	if got, _ := pstderr.KindOf(err); got != k {
 		t.Fatalf("got %v (kind %s), want kind %s", err, got, k)
 	}
 }

@@ -67,7 +67,7 @@ func TestKeyEpochCreateAndPartition(t *testing.T) {
 		t.Fatalf("key id 2^32-1: %v", err)
 	}
 
-	if _, err := s.GetKeyEpoch(ctx, 77); !errors.Is(err, pstderr.ErrUnknownKey) {
+	if _, err := s.GetKeyEpoch(ctx, 77); !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("GetKeyEpoch(unknown): %v", err)
 	}
 	want := []string{"schema.migrate schema", "key.create key:1", "key.create key:2", "key.create key:4294967295"}
@@ -95,7 +95,7 @@ func TestRetireKeyEpoch(t *testing.T) {
 	if err := s.RetireKeyEpoch(ctx, a, "carol"); err != nil {
 		t.Fatalf("retiring again: %v", err)
 	}
-	if err := s.RetireKeyEpoch(ctx, 99, "carol"); !errors.Is(err, pstderr.ErrUnknownKey) {
+	if err := s.RetireKeyEpoch(ctx, 99, "carol"); !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("retiring an unknown key: %v", err)
 	}
 	live, err := s.KeyEpochs(ctx)

@@ -33,18 +33,14 @@ type Redemption struct {
 // Unavailable. If the commit's outcome is unknown (the connection died
 // during COMMIT) the error is Unavailable and the token may be spent: the
 // caller must not hand out a record, which is the safe failure.
-func (s *Store) RecordRedemption(ctx context.Context, r Redemption) error {
-	return s.RecordRedemptionWith(ctx, r, nil)
-}
-
-// RecordRedemptionWith is RecordRedemption with work done between the
-// insert and the commit: beforeCommit runs only once the row is in (so a
-// second redemption of a token is refused before any of that work, and a
-// concurrent one waits on the row until this transaction ends), and an error
-// from it rolls the insert back and is returned as is, leaving the token
-// unspent. pstd signs the redemption record there, so a replayed token never
-// costs an HSM signature.
-func (s *Store) RecordRedemptionWith(ctx context.Context, r Redemption, beforeCommit func() error) error {
+//
+// beforeCommit, if not nil, is work done between the insert and the commit:
+// it runs only once the row is in (so a second redemption of a token is
+// refused before any of that work, and a concurrent one waits on the row
+// until this transaction ends), and an error from it rolls the insert back
+// and is returned as is, leaving the token unspent. pstd signs the
+// redemption record there, so a replayed token never costs an HSM signature.
+func (s *Store) RecordRedemption(ctx context.Context, r Redemption, beforeCommit func() error) error {
 	if r.KeyID == 0 {
 		return errors.New("db: redemption without key id")
 	}

@@ -19,29 +19,29 @@ func TestRedemptionThenDuplicate(t *testing.T) {
 	k2 := mustCreateKey(t, s)
 
 	r := redemption(t, k1)
-	if err := s.RecordRedemption(ctx, r); err != nil {
+	if err := s.RecordRedemption(ctx, r, nil); err != nil {
 		t.Fatalf("first redemption: %v", err)
 	}
 	dup := r
 	dup.RecordID, dup.RedeemingOrigin = "another-record", "https://other.example"
-	err := s.RecordRedemption(ctx, dup)
-	if !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+	err := s.RecordRedemption(ctx, dup, nil)
+	if !errors.Is(err, pstderr.AlreadyRedeemed) {
 		t.Fatalf("second redemption: %v, want AlreadyRedeemed", err)
 	}
 	// The same nonce hash under another key is another token.
 	r2 := r
 	r2.KeyID = k2
-	if err := s.RecordRedemption(ctx, r2); err != nil {
+	if err := s.RecordRedemption(ctx, r2, nil); err != nil {
 		t.Fatalf("same nonce hash, other key: %v", err)
 	}
 	// No origin is stored as NULL.
 	r3 := redemption(t, k1)
 	r3.RedeemingOrigin = ""
-	if err := s.RecordRedemption(ctx, r3); err != nil {
+	if err := s.RecordRedemption(ctx, r3, nil); err != nil {
 		t.Fatalf("redemption without origin: %v", err)
 	}
 	// A key without a partition fails closed.
-	if err := s.RecordRedemption(ctx, redemption(t, 999)); !errors.Is(err, pstderr.ErrUnknownKey) {
+	if err := s.RecordRedemption(ctx, redemption(t, 999), nil); !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("redemption under a key without partition: %v, want UnknownKey", err)
 	}
 	if n, err := s.RedemptionCount(ctx, k1); err != nil || n != 2 {
@@ -80,7 +80,7 @@ func TestRedemptionConcurrentDuplicates(t *testing.T) {
 			<-start
 			rr := r
 			rr.RecordID = "record-" + string(rune('a'+i))
-			errs[i] = st.RecordRedemption(context.Background(), rr)
+			errs[i] = st.RecordRedemption(context.Background(), rr, nil)
 		})
 	}
 	close(start)
@@ -90,7 +90,7 @@ func TestRedemptionConcurrentDuplicates(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-		case errors.Is(err, pstderr.ErrAlreadyRedeemed):
+		case errors.Is(err, pstderr.AlreadyRedeemed):
 			dup++
 		default:
 			t.Errorf("goroutine %d: %v", i, err)
@@ -116,7 +116,7 @@ func TestRedemptionDurableEvenIfServerDefaultIsAsync(t *testing.T) {
 	}
 	// RecordRedemption checks inside its transaction that the setting is on
 	// and refuses otherwise; succeeding here proves SET LOCAL took effect.
-	if err := async.RecordRedemption(ctx, redemption(t, k)); err != nil {
+	if err := async.RecordRedemption(ctx, redemption(t, k), nil); err != nil {
 		t.Fatalf("RecordRedemption with synchronous_commit=off by default: %v", err)
 	}
 	if err := async.pool.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting); err != nil || setting != "off" {
@@ -131,7 +131,7 @@ func TestRedemptionIgnoresCallerTransaction(t *testing.T) {
 	k := mustCreateKey(t, s)
 	r := redemption(t, k)
 	err := s.InTx(ctx, func(ctx context.Context) error {
-		if err := s.RecordRedemption(ctx, r); err != nil {
+		if err := s.RecordRedemption(ctx, r, nil); err != nil {
 			return err
 		}
 		return errTest // roll back the caller's transaction
@@ -140,7 +140,7 @@ func TestRedemptionIgnoresCallerTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The redemption committed on its own and stays.
-	if err := s.RecordRedemption(ctx, r); !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+	if err := s.RecordRedemption(ctx, r, nil); !errors.Is(err, pstderr.AlreadyRedeemed) {
 		t.Fatalf("after the caller rolled back: %v, want AlreadyRedeemed", err)
 	}
 }
@@ -159,11 +159,11 @@ func TestDropExpiredRedemptions(t *testing.T) {
 	}
 	live := mustCreateKey(t, s)
 	for range 3 {
-		if err := s.RecordRedemption(ctx, redemption(t, expired)); err != nil {
+		if err := s.RecordRedemption(ctx, redemption(t, expired), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.RecordRedemption(ctx, redemption(t, live)); err != nil {
+	if err := s.RecordRedemption(ctx, redemption(t, live), nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -189,7 +189,7 @@ func TestDropExpiredRedemptions(t *testing.T) {
 	if !errors.Is(err, errInTx) {
 		t.Fatalf("inside a transaction: %v", err)
 	}
-	if _, _, err := s.DropExpiredRedemptions(ctx, 12345, "op"); !errors.Is(err, pstderr.ErrUnknownKey) {
+	if _, _, err := s.DropExpiredRedemptions(ctx, 12345, "op"); !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("unknown key: %v", err)
 	}
 
@@ -206,7 +206,7 @@ func TestDropExpiredRedemptions(t *testing.T) {
 		t.Fatalf("second drop = %d, %v, %v; want 0, false, nil", rows, dropped, err)
 	}
 	// A late redemption under the dropped key fails closed.
-	if err := s.RecordRedemption(ctx, redemption(t, expired)); !errors.Is(err, pstderr.ErrUnknownKey) {
+	if err := s.RecordRedemption(ctx, redemption(t, expired), nil); !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("redemption after drop: %v", err)
 	}
 	got := auditActions(t, s)
@@ -277,7 +277,7 @@ func TestDropExpiredRedemptionPartitionsSweep(t *testing.T) {
 // RecordRedemptionWith runs its work only after the insert: a spent token
 // never reaches it, its failure leaves the token unspent, and a concurrent
 // redemption of the same token waits for the first to end, then is refused.
-func TestRecordRedemptionWith(t *testing.T) {
+func TestRecordRedemption(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s, _ := newStore(t)
@@ -285,7 +285,7 @@ func TestRecordRedemptionWith(t *testing.T) {
 
 	r := redemption(t, k)
 	boom := errors.New("HSM refused")
-	if err := s.RecordRedemptionWith(ctx, r, func() error { return boom }); err != boom {
+	if err := s.RecordRedemption(ctx, r, func() error { return boom }); err != boom {
 		t.Fatalf("failing work: %v, want its error as is", err)
 	}
 	if n, _ := s.RedemptionCount(ctx, k); n != 0 {
@@ -296,14 +296,14 @@ func TestRecordRedemptionWith(t *testing.T) {
 	release := make(chan struct{})
 	first := make(chan error, 1)
 	go func() {
-		first <- s.RecordRedemptionWith(ctx, r, func() error { close(inside); <-release; return nil })
+		first <- s.RecordRedemption(ctx, r, func() error { close(inside); <-release; return nil })
 	}()
 	<-inside
 	// The first holds the row; a second redemption waits, never runs its
 	// work, and is refused once the first commits.
 	ran := false
 	second := make(chan error, 1)
-	go func() { second <- s.RecordRedemptionWith(ctx, r, func() error { ran = true; return nil }) }()
+	go func() { second <- s.RecordRedemption(ctx, r, func() error { ran = true; return nil }) }()
 	select {
 	case err := <-second:
 		t.Fatalf("second redemption finished while the first was open: %v", err)
@@ -313,7 +313,7 @@ func TestRecordRedemptionWith(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatalf("first: %v", err)
 	}
-	if err := <-second; !errors.Is(err, pstderr.ErrAlreadyRedeemed) || ran {
+	if err := <-second; !errors.Is(err, pstderr.AlreadyRedeemed) || ran {
 		t.Fatalf("second: %v (work ran: %v), want AlreadyRedeemed without work", err, ran)
 	}
 }

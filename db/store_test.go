@@ -267,7 +267,7 @@ func TestDatabaseDownIsUnavailable(t *testing.T) {
 	}
 	defer s.Close()
 	wantKind(t, s.Ping(ctx), pstderr.Unavailable)
-	wantKind(t, s.RecordRedemption(ctx, redemption(t, 1)), pstderr.Unavailable)
+	wantKind(t, s.RecordRedemption(ctx, redemption(t, 1), nil), pstderr.Unavailable)
 	_, err = s.KeyEpochs(ctx)
 	wantKind(t, err, pstderr.Unavailable)
 	_, _, _, err = s.LatestCommitment(ctx)
@@ -282,7 +282,7 @@ func TestDatabaseDownIsUnavailable(t *testing.T) {
 	}
 	wantKind(t, err, pstderr.Unavailable)
 	wantKind(t, s.Migrate(ctx), pstderr.Unavailable)
-	if errors.Is(s.Ping(ctx), pstderr.ErrAlreadyRedeemed) {
+	if errors.Is(s.Ping(ctx), pstderr.AlreadyRedeemed) {
 		t.Error("Unavailable matched AlreadyRedeemed")
 	}
 }
@@ -294,7 +294,7 @@ func TestClosedStoreAndDeadlineAreUnavailable(t *testing.T) {
 
 	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
-	wantKind(t, s.RecordRedemption(expired, redemption(t, id)), pstderr.Unavailable)
+	wantKind(t, s.RecordRedemption(expired, redemption(t, id), nil), pstderr.Unavailable)
 
 	// Connections killed under the store (a database restart): the next
 	// calls either succeed on fresh connections or fail Unavailable, never
@@ -305,7 +305,7 @@ func TestClosedStoreAndDeadlineAreUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if err := s.RecordRedemption(context.Background(), redemption(t, id)); err != nil {
+		if err := s.RecordRedemption(context.Background(), redemption(t, id), nil); err != nil {
 			wantKind(t, err, pstderr.Unavailable)
 		}
 		if _, err := s.KeyEpochs(context.Background()); err != nil {
@@ -315,7 +315,7 @@ func TestClosedStoreAndDeadlineAreUnavailable(t *testing.T) {
 
 	s.Close()
 	wantKind(t, s.Ping(context.Background()), pstderr.Unavailable)
-	wantKind(t, s.RecordRedemption(context.Background(), redemption(t, id)), pstderr.Unavailable)
+	wantKind(t, s.RecordRedemption(context.Background(), redemption(t, id), nil), pstderr.Unavailable)
 }
 
 func TestErrorClassification(t *testing.T) {
@@ -327,11 +327,11 @@ func TestErrorClassification(t *testing.T) {
 		"53100": pstderr.Unavailable, // disk_full
 		"55P03": pstderr.Unavailable, // lock_not_available
 		"25006": pstderr.Unavailable, // read_only_sql_transaction
-		"23514": pstderr.Internal,    // check_violation
-		"42P01": pstderr.Internal,    // undefined_table
+		"23514": pstderr.Kind(0),     // check_violation
+		"42P01": pstderr.Kind(0),     // undefined_table
 	} {
 		err := wrap("op", &pgconn.PgError{Code: code, Message: "m", Detail: "Failing row contains (secret)"})
-		if got := pstderr.KindOf(err); got != want {
+		if got, _ := pstderr.KindOf(err); got != want {
 			t.Errorf("SQLSTATE %s: kind %s, want %s", code, got, want)
 		}
 		if msg := err.Error(); strings.Contains(msg, "secret") {

@@ -100,7 +100,7 @@ func TestReadinessProbeTimeout(t *testing.T) {
 	// Ready answers only once released (after this test), so the probe
 	// returning at all, as Unavailable, is its timeout at work.
 	err := s.CheckReady(context.Background())
-	if err == nil || pstderr.KindOf(err) != pstderr.Unavailable {
+	if err == nil || !errors.Is(err, pstderr.Unavailable) {
 		t.Fatalf("probe of a hung Ready: %v", err)
 	}
 }
@@ -160,7 +160,7 @@ func TestRateLimit(t *testing.T) {
 	}
 	_, err := rl.Allow(ctx, a, 10)
 	var ra RetryAfterError
-	if pstderr.KindOf(err) != pstderr.RateLimited || !errors.As(err, &ra) || ra.RetryAfter() != 6*time.Second {
+	if !errors.Is(err, pstderr.RateLimited) || !errors.As(err, &ra) || ra.RetryAfter() != 6*time.Second {
 		t.Fatalf("empty bucket: %v", err)
 	}
 	// Another address has its own bucket.
@@ -173,7 +173,7 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("half refilled: %d %v", n, err)
 	}
 	// The same port-less / other-port client is the same address.
-	if _, err := rl.Allow(ctx, reqFrom("198.51.100.7:5000"), 1); pstderr.KindOf(err) != pstderr.RateLimited {
+	if _, err := rl.Allow(ctx, reqFrom("198.51.100.7:5000"), 1); !errors.Is(err, pstderr.RateLimited) {
 		t.Fatalf("other port escaped the limit: %v", err)
 	}
 	if rl.Len() != 2 {
@@ -207,7 +207,7 @@ func TestRateLimitBounded(t *testing.T) {
 		}
 	}
 	// The most recent addresses are the ones kept.
-	if _, err := rl.Allow(ctx, reqFrom("203.0.113.10:1"), 1); pstderr.KindOf(err) != pstderr.RateLimited {
+	if _, err := rl.Allow(ctx, reqFrom("203.0.113.10:1"), 1); !errors.Is(err, pstderr.RateLimited) {
 		t.Fatalf("recent address forgotten: %v", err)
 	}
 	if n, _ := rl.Allow(ctx, reqFrom("203.0.113.1:1"), 1); n != 1 {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -167,7 +168,7 @@ func recovered(f func() error) (err error) {
 // noteUnavailable asks for an early readiness probe when the issuer says a
 // dependency is down, so other requests start failing fast.
 func (s *Server) noteUnavailable(err error) {
-	if pstderr.KindOf(err) == pstderr.Unavailable {
+	if errors.Is(err, pstderr.Unavailable) {
 		s.ready.request()
 	}
 }
@@ -244,7 +245,7 @@ func (s *Server) doIssuance(c echo.Context) error {
 		return err
 	}
 	if issued < 0 || issued > limit || len(resp) == 0 {
-		return pstderr.Wrap(pstderr.Internal, errIssuerContract, "internal error")
+		return errIssuerContract
 	}
 	s.metrics.tokensIssued.Add(float64(issued))
 	c.Response().Header().Set(HeaderToken, base64.StdEncoding.EncodeToString(resp))
@@ -273,7 +274,7 @@ func (s *Server) doRedemption(c echo.Context) error {
 		return err
 	}
 	if !validHeaderValue(record) {
-		return pstderr.Wrap(pstderr.Internal, errIssuerContract, "internal error")
+		return errIssuerContract
 	}
 	h := c.Response().Header()
 	// The record goes out as is: Chromium stores the header value verbatim
@@ -392,7 +393,7 @@ func (s *Server) readyz(c echo.Context) error {
 	}
 	if err != nil {
 		detail := "not ready"
-		if k := pstderr.KindOf(err); k != pstderr.Internal {
+		if _, ok := pstderr.KindOf(err); ok {
 			detail = "not ready: " + pstderr.DetailOf(err)
 		}
 		return newProblem(http.StatusServiceUnavailable, pstderr.Unavailable.String(), detail, err)

@@ -202,7 +202,7 @@ func rejections() []rejection {
 		{pstderr.Malformed, 400}, {pstderr.BadPoint, 400}, {pstderr.BadCount, 400}, {pstderr.Unsupported, 400},
 		{pstderr.UnknownKey, 400}, {pstderr.InvalidToken, 400}, {pstderr.BadProof, 400},
 		{pstderr.AlreadyRedeemed, 409}, {pstderr.Denied, 403}, {pstderr.RateLimited, 429}, {pstderr.Unavailable, 503},
-		{pstderr.Internal, 500},
+		{pstderr.Kind(0), 500},
 	} {
 		cases = append(cases, kindCase(k.k, k.status)...)
 	}
@@ -289,7 +289,7 @@ func TestRejections(t *testing.T) {
 
 func TestStatusMapping(t *testing.T) {
 	want := map[pstderr.Kind]int{
-		pstderr.Internal: 500, pstderr.Malformed: 400, pstderr.BadPoint: 400, pstderr.BadCount: 400,
+		pstderr.Kind(0): 500, pstderr.Malformed: 400, pstderr.BadPoint: 400, pstderr.BadCount: 400,
 		pstderr.UnknownKey: 400, pstderr.InvalidToken: 400, pstderr.BadProof: 400, pstderr.AlreadyRedeemed: 409,
 		pstderr.Unsupported: 400, pstderr.Denied: 403, pstderr.RateLimited: 429, pstderr.Unavailable: 503,
 		pstderr.Kind(99): 500,
@@ -423,34 +423,18 @@ func TestBodyLimit(t *testing.T) {
 	}
 }
 
-func TestMetricsHooks(t *testing.T) {
+func TestMetrics(t *testing.T) {
 	h := newHarness(t, nil)
-	m := h.s.Metrics()
-	m.IncHSMError()
-	m.IncDBError()
-	m.IncDBError()
-	m.SetKeyEpoch(7)
+	h.do(http.MethodGet, PathHealthz, nil)
 	text := h.metricsText(t)
-	for _, want := range []string{"pstd_hsm_errors_total 1", "pstd_db_errors_total 2", "pstd_key_epoch 7", "pstd_ready 1"} {
+	for _, want := range []string{"pstd_ready 1", `pstd_http_request_duration_seconds_count{code="200",route="/healthz"} 1`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	h.do(http.MethodGet, PathHealthz, nil)
-	if !strings.Contains(h.metricsText(t), `pstd_http_request_duration_seconds_count{code="200",route="/healthz"} 1`) {
-		t.Error("latency histogram missing for /healthz")
-	}
-	// Metrics made first (to give the issuer its hooks) can be passed in.
-	m2, err := NewMetrics(h.reg) // already registered: the existing collectors are reused
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2.IncHSMError()
-	if !strings.Contains(h.metricsText(t), "pstd_hsm_errors_total 2") {
-		t.Error("re-registration did not reuse the collectors")
-	}
-	s2 := New(Config{Registerer: h.reg}, h.iss, WithMetrics(m2))
-	if s2.Metrics() != m2 {
-		t.Error("WithMetrics ignored")
+	// A second server on the same registry reuses the collectors.
+	s2 := New(Config{Registerer: h.reg}, h.iss)
+	if s2.metrics.ready != h.s.metrics.ready {
+		t.Error("a second server registered its own collectors")
 	}
 }

@@ -80,7 +80,7 @@ func NewRateLimit(cfg RateLimitConfig) *RateLimit {
 		cfg.Tokens = 1
 	}
 	if cfg.Window <= 0 {
-		cfg.Window = time.Minute
+		cfg.Window = DefaultRateWindow
 	}
 	if cfg.MaxAddresses <= 0 {
 		cfg.MaxAddresses = 100000

@@ -90,7 +90,7 @@ type RetryAfterError interface {
 }
 
 // RateLimitedError is a pstderr.RateLimited refusal that knows when a retry
-// may succeed. pstderr.KindOf reports RateLimited for it.
+// may succeed. errors.Is(err, pstderr.RateLimited) holds for it.
 type RateLimitedError struct {
 	Err   *pstderr.Error
 	After time.Duration
@@ -101,7 +101,7 @@ func (e *RateLimitedError) Error() string { return e.Err.Error() }
 // RetryAfter implements RetryAfterError.
 func (e *RateLimitedError) RetryAfter() time.Duration { return e.After }
 
-// Unwrap returns the *pstderr.Error, so pstderr.KindOf sees the kind.
+// Unwrap returns the *pstderr.Error, so errors.Is and pstderr.KindOf see the kind.
 func (e *RateLimitedError) Unwrap() error { return e.Err }
 
 // defaultRetryAfter is sent with a 429 whose cause gave no better hint.
@@ -119,16 +119,15 @@ func problemFrom(err error) *Problem {
 	if errors.As(err, &he) {
 		return httpProblem(he)
 	}
-	if errors.Is(err, context.DeadlineExceeded) && pstderr.KindOf(err) == pstderr.Internal {
+	k, ok := pstderr.KindOf(err)
+	if !ok && errors.Is(err, context.DeadlineExceeded) {
 		// The request's own deadline ran out while the issuer worked.
 		return newProblem(http.StatusServiceUnavailable, reasonTimeout, "the request took too long", err)
 	}
-	k := pstderr.KindOf(err)
-	detail := pstderr.DetailOf(err)
-	if k == pstderr.Internal {
-		detail = "internal error"
+	if !ok || k.String() == pstderr.InternalReason { // a plain error, or no kind of the catalogue
+		return newProblem(http.StatusInternalServerError, pstderr.InternalReason, "internal error", err)
 	}
-	p = newProblem(Status(k), k.String(), detail, err)
+	p = newProblem(Status(k), k.String(), pstderr.DetailOf(err), err)
 	if k == pstderr.RateLimited {
 		p.retryAfter = defaultRetryAfter
 	}
@@ -172,7 +171,7 @@ func httpProblem(he *echo.HTTPError) *Problem {
 	if he.Code >= 400 && he.Code < 500 {
 		return newProblem(he.Code, pstderr.Malformed.String(), http.StatusText(he.Code), he)
 	}
-	return newProblem(http.StatusInternalServerError, pstderr.Internal.String(), "internal error", he)
+	return newProblem(http.StatusInternalServerError, pstderr.InternalReason, "internal error", he)
 }
 
 // writeProblem answers with p. It strips every PST response header first: a

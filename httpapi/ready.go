@@ -17,7 +17,7 @@ type readiness struct {
 	iss      Issuer
 	timeout  time.Duration
 	interval time.Duration
-	metrics  *Metrics
+	metrics  *metrics
 	onChange func(ready bool, err error)
 
 	state    atomic.Pointer[readyState]
@@ -44,7 +44,7 @@ type readyState struct {
 
 var errNotProbed = pstderr.New(pstderr.Unavailable, "starting up")
 
-func newReadiness(iss Issuer, interval, timeout time.Duration, m *Metrics, onChange func(bool, error)) *readiness {
+func newReadiness(iss Issuer, interval, timeout time.Duration, m *metrics, onChange func(bool, error)) *readiness {
 	r := &readiness{iss: iss, interval: interval, timeout: timeout, metrics: m, onChange: onChange,
 		kick: make(chan struct{}, 1)}
 	r.state.Store(&readyState{err: errNotProbed})

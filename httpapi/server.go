@@ -91,6 +91,14 @@ type Config struct {
 	Demo bool
 }
 
+// Defaults of the settings the binaries expose; they take these rather than
+// repeating them.
+const (
+	DefaultRequestTimeout  = 10 * time.Second
+	DefaultShutdownTimeout = 20 * time.Second
+	DefaultRateWindow      = time.Minute
+)
+
 func (c *Config) setDefaults() {
 	if c.MaxHeaderBytes <= 0 {
 		c.MaxHeaderBytes = 64 << 10
@@ -99,7 +107,7 @@ func (c *Config) setDefaults() {
 		c.BodyLimit = 64 << 10
 	}
 	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = 10 * time.Second
+		c.RequestTimeout = DefaultRequestTimeout
 	}
 	if c.ReadHeaderTimeout <= 0 {
 		c.ReadHeaderTimeout = 5 * time.Second
@@ -108,7 +116,7 @@ func (c *Config) setDefaults() {
 		c.IdleTimeout = 60 * time.Second
 	}
 	if c.ShutdownTimeout <= 0 {
-		c.ShutdownTimeout = 20 * time.Second
+		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -139,11 +147,6 @@ func (c *Config) setDefaults() {
 // Option changes a Server at construction.
 type Option func(*Server)
 
-// WithMetrics makes the server record into m (created earlier with
-// NewMetrics, e.g. so the issuer service could be given its hooks first)
-// instead of registering its own on Config.Registerer.
-func WithMetrics(m *Metrics) Option { return func(s *Server) { s.metrics = m } }
-
 // WithRoutes lets the caller mount more routes (the demo pages) on the
 // server's echo instance; they get the same middleware (logging, recovery,
 // limits, CORS and Permissions-Policy).
@@ -156,7 +159,7 @@ type Server struct {
 	cfg         Config
 	iss         Issuer
 	echo        *echo.Echo
-	metrics     *Metrics
+	metrics     *metrics
 	ready       *readiness
 	cors        corsPolicy
 	routes      map[string]bool // route templates, for log and metric labels
@@ -174,13 +177,11 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	if s.metrics == nil {
-		m, err := NewMetrics(cfg.Registerer)
-		if err != nil {
-			panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
-		}
-		s.metrics = m
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
 	}
+	s.metrics = m
 	s.cors = newCORSPolicy(cfg.AllowedOrigins, cfg.IssuerOrigin)
 	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, s.metrics, func(ok bool, err error) {
 		if ok {
@@ -215,9 +216,6 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 
 // Handler is the API as an http.Handler.
 func (s *Server) Handler() http.Handler { return s.echo }
-
-// Metrics are the server's metrics; the issuer service may use the hooks.
-func (s *Server) Metrics() *Metrics { return s.metrics }
 
 // CheckReady runs the readiness probe now and caches its result (nil:
 // ready). Issuance and redemption answer 503 until a probe has succeeded.

@@ -18,13 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/pstd/pstd/db"
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer/voprf"
 )
 
 // Unit-test doubles behind the service's narrow interfaces. The integration
-// tests in cmd/pstd and signer/integration_test.go use real SoftHSM and
-// PostgreSQL.
+// tests in cmd/internal/wiring use real SoftHSM and PostgreSQL.
 
 type memCustody struct {
 	failSign atomic.Bool // record keys refuse to sign
@@ -32,6 +33,7 @@ type memCustody struct {
 	mu       sync.Mutex
 	rr       map[string]*ecdsa.PrivateKey
 	down     bool
+	kek      bool
 }
 
 func newMemCustody(t testing.TB) *memCustody {
@@ -87,6 +89,18 @@ func (s memSigner) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, err
 	}
 	return s.PrivateKey.Sign(r, d, o)
 }
+func (m *memCustody) FindKEK(context.Context) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.kek, nil
+}
+func (m *memCustody) EnsureKEK(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.kek = true
+	return nil
+}
+func (m *memCustody) CurrentKEKLabel() string { return "mem-kek-1" }
 func (m *memCustody) Ping(context.Context) error {
 	if m.down {
 		return errors.New("token gone")
@@ -98,7 +112,7 @@ type memStore struct {
 	failCreateRR bool
 	signs        int // record signatures requested through RecordRedemption
 	mu           sync.Mutex
-	epochs       map[uint32]KeyEpoch
+	epochs       map[uint32]db.KeyEpoch
 	retired      map[uint32]bool
 	nextID       uint32
 	commitments  []struct {
@@ -106,26 +120,27 @@ type memStore struct {
 		ids  []uint32
 		body []byte
 	}
-	rr          []RRKeyInfo
-	redemptions map[[36]byte]Redemption
+	rr          []db.RRKey
+	redemptions map[[36]byte]db.Redemption
+	audit       []db.Event
 	lock        sync.Mutex
 }
 
 func newMemStore() *memStore {
-	return &memStore{epochs: map[uint32]KeyEpoch{}, retired: map[uint32]bool{}, nextID: 1, redemptions: map[[36]byte]Redemption{}}
+	return &memStore{epochs: map[uint32]db.KeyEpoch{}, retired: map[uint32]bool{}, nextID: 1, redemptions: map[[36]byte]db.Redemption{}}
 }
 
 func (m *memStore) Ping(context.Context) error { return nil }
-func (m *memStore) KeyEpochs(context.Context) ([]KeyEpoch, error) {
+func (m *memStore) KeyEpochs(context.Context) ([]db.KeyEpoch, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []KeyEpoch
+	var out []db.KeyEpoch
 	for id, e := range m.epochs {
 		if !m.retired[id] {
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b KeyEpoch) int { return int(a.KeyID) - int(b.KeyID) })
+	slices.SortFunc(out, func(a, b db.KeyEpoch) int { return int(a.KeyID) - int(b.KeyID) })
 	return out, nil
 }
 func (m *memStore) NextKeyID(context.Context) (uint32, error) {
@@ -135,7 +150,7 @@ func (m *memStore) NextKeyID(context.Context) (uint32, error) {
 	m.nextID++
 	return id, nil
 }
-func (m *memStore) CreateKeyEpoch(_ context.Context, e KeyEpoch, _ string) error {
+func (m *memStore) CreateKeyEpoch(_ context.Context, e db.KeyEpoch, _ string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.epochs[e.KeyID]; ok {
@@ -188,12 +203,12 @@ func (m *memStore) PublishCommitment(_ context.Context, ids []uint32, build func
 	}{last + 1, ids, body})
 	return last + 1, true, nil
 }
-func (m *memStore) RRKeys(context.Context) ([]RRKeyInfo, error) {
+func (m *memStore) RRKeys(context.Context) ([]db.RRKey, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return slices.Clone(m.rr), nil
 }
-func (m *memStore) CreateRRKey(_ context.Context, k RRKeyInfo, _ string) error {
+func (m *memStore) CreateRRKey(_ context.Context, k db.RRKey, _ string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failCreateRR {
@@ -212,7 +227,7 @@ func (m *memStore) RetireRRKey(_ context.Context, id string, notAfter time.Time,
 	}
 	return nil
 }
-func (m *memStore) RecordRedemption(_ context.Context, r Redemption, sign func() error) error {
+func (m *memStore) RecordRedemption(_ context.Context, r db.Redemption, sign func() error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var k [36]byte
@@ -227,6 +242,20 @@ func (m *memStore) RecordRedemption(_ context.Context, r Redemption, sign func()
 	}
 	m.redemptions[k] = r
 	return nil
+}
+func (m *memStore) DropExpiredRedemptionPartitions(context.Context, string) ([]uint32, error) {
+	return nil, nil
+}
+func (m *memStore) WithProvisionLock(ctx context.Context, fn func(context.Context) error) error {
+	m.lock.Lock()
+	defer m.lock.Unlock()
+	return fn(ctx)
+}
+func (m *memStore) AppendAudit(_ context.Context, e db.Event) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.audit = append(m.audit, e)
+	return int64(len(m.audit)), nil
 }
 func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
 	if !m.lock.TryLock() {
@@ -312,7 +341,7 @@ func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
 		t.Fatalf("redeem: %v", err)
 	}
 	_, err = s.Redeem(ctx, redeemRequest(t, tok, clock.t))
-	if !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+	if !errors.Is(err, pstderr.AlreadyRedeemed) {
 		t.Fatalf("second redemption: %v", err)
 	}
 	if st.signs != 1 {
@@ -322,7 +351,7 @@ func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
 	// A record the HSM cannot sign leaves the token unspent.
 	tok2 := issueToken(t, s)
 	cu.failSign.Store(true)
-	if _, err := s.Redeem(ctx, redeemRequest(t, tok2, clock.t)); pstderr.KindOf(err) != pstderr.Unavailable {
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok2, clock.t)); !errors.Is(err, pstderr.Unavailable) {
 		t.Fatalf("redeem with signing failing: %v", err)
 	}
 	cu.failSign.Store(false)
@@ -330,7 +359,7 @@ func TestServiceIssueRedeemDoubleSpend(t *testing.T) {
 		t.Fatalf("redeem after signing recovered: %v", err)
 	}
 	cu.down = true
-	if err := s.Ready(ctx); pstderr.KindOf(err) != pstderr.Unavailable {
+	if err := s.Ready(ctx); !errors.Is(err, pstderr.Unavailable) {
 		t.Fatalf("ready with HSM down: %v", err)
 	}
 }
@@ -380,7 +409,7 @@ func TestServiceTwoYears(t *testing.T) {
 		for i, h := range wallet {
 			if h.expiry.After(clock.t) && i%7 == day%7 {
 				_, err := s.Redeem(ctx, redeemRequest(t, h.tok, clock.t))
-				if err != nil && !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+				if err != nil && !errors.Is(err, pstderr.AlreadyRedeemed) {
 					t.Fatalf("day %d: token of key %d (expiry %v) does not redeem: %v", day, h.tok.KeyID, h.expiry, err)
 				}
 			}
@@ -407,7 +436,7 @@ func TestServiceExpiredKeyRefused(t *testing.T) {
 	tok := issueToken(t, s)
 	clock.t = clock.t.Add(s.cfg.Policy.Lifetime() + time.Hour)
 	_, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t))
-	if !errors.Is(err, pstderr.ErrUnknownKey) {
+	if !errors.Is(err, pstderr.UnknownKey) {
 		t.Fatalf("redeeming under an expired key: %v", err)
 	}
 }
@@ -533,5 +562,56 @@ func TestReloadFailureWipesWhatItUnsealed(t *testing.T) {
 	}
 	if !bytes.Equal(made[0].Scalar(), make([]byte, voprf.ScalarSize)) {
 		t.Fatal("the key unsealed by the failed reload was not wiped")
+	}
+}
+
+// The service registers its own metrics on the injected registry and counts
+// where it measures: a lost token is an HSM error, the signing key's id and
+// expiry are set by a load.
+func TestServiceMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	st, cu := newMemStore(), newMemCustody(t)
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock, Registerer: reg}, st, cu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := s.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cu.down = true
+	if err := s.Ready(ctx); !errors.Is(err, pstderr.Unavailable) {
+		t.Fatalf("Ready with the token gone: %v", err)
+	}
+	want := map[string]float64{"pstd_hsm_errors_total": 1, "pstd_db_errors_total": 0, "pstd_key_epoch": 1}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		switch {
+		case m.GetCounter() != nil:
+			got[mf.GetName()] = m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			got[mf.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s = %v, want %v", name, got[name], v)
+		}
+	}
+	if got["pstd_signing_key_expiry_timestamp_seconds"] <= float64(clock.t.Unix()) {
+		t.Errorf("signing key expiry %v is not after now", got["pstd_signing_key_expiry_timestamp_seconds"])
+	}
+	// A second service on the same registry is a programming error.
+	if _, err := New(Config{IssuerOrigin: "https://issuer.example", Registerer: reg}, st, cu); err == nil {
+		t.Error("a second service registered the same metrics")
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
-	"github.com/pstd/pstd/internal/app"
+	"github.com/pstd/pstd/cmd/internal/wiring"
 	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer"
 )
@@ -41,6 +41,10 @@ func main() {
 
 var opts = []ff.Option{ff.WithEnvVarPrefix("PSTD")}
 
+// keyAdmin are the settings of the commands that change keys: they open the
+// database and the HSM and run the issuer service's key administration.
+const keyAdmin = wiring.Database | wiring.HSM | wiring.Origin | wiring.Issuer
+
 // actor names the operator in the audit log.
 func actor() string {
 	if u, err := user.Current(); err == nil {
@@ -53,11 +57,11 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// cmd builds a subcommand with the shared settings plus extra flags.
-func cmd(name, usage, help string, extra func(fs *flag.FlagSet), run func(ctx context.Context, s *app.Settings, args []string) error) *ffcli.Command {
-	var s app.Settings
+// cmd builds a subcommand with the settings of groups plus extra flags.
+func cmd(name, usage, help string, groups wiring.Group, extra func(fs *flag.FlagSet), run func(ctx context.Context, s *wiring.Settings, args []string) error) *ffcli.Command {
+	var s wiring.Settings
 	fs := flag.NewFlagSet("pstctl "+name, flag.ContinueOnError)
-	s.Register(fs)
+	s.Register(fs, groups)
 	if extra != nil {
 		extra(fs)
 	}
@@ -65,8 +69,8 @@ func cmd(name, usage, help string, extra func(fs *flag.FlagSet), run func(ctx co
 		Exec: func(ctx context.Context, args []string) error { return run(ctx, &s, args) }}
 }
 
-func withApp(ctx context.Context, s *app.Settings, fn func(*app.App) error) error {
-	a, err := app.Open(ctx, s, quietLogger(), false, app.Hooks{})
+func withApp(ctx context.Context, s *wiring.Settings, fn func(*wiring.App) error) error {
+	a, err := wiring.Open(ctx, s, quietLogger(), false, nil)
 	if err != nil {
 		return err
 	}
@@ -85,8 +89,8 @@ func root(out io.Writer) *ffcli.Command {
 	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|init|rotate|import|rotate-rr", ShortHelp: "manage VOPRF and record keys",
 		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 		Subcommands: []*ffcli.Command{
-			cmd("list", "keys list", "list key epochs and record keys", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
-				store, err := app.OpenStore(ctx, s, quietLogger())
+			cmd("list", "keys list", "list key epochs and record keys", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				store, err := wiring.OpenStore(ctx, s, quietLogger())
 				if err != nil {
 					return err
 				}
@@ -115,8 +119,8 @@ func root(out io.Writer) *ffcli.Command {
 				}
 				return tw.Flush()
 			}),
-			cmd("init", "keys init", "provision the first key, record key and commitment (idempotent)", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
-				return withApp(ctx, s, func(a *app.App) error {
+			cmd("init", "keys init", "provision the first key, record key and commitment (idempotent)", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *wiring.App) error {
 					ok, err := a.Service.Rotate(ctx)
 					if err != nil {
 						return err
@@ -128,10 +132,10 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("rotate", "keys rotate [--force]", "introduce a key that signs from now", func(fs *flag.FlagSet) {
+			cmd("rotate", "keys rotate [--force]", "introduce a key that signs from now", keyAdmin, func(fs *flag.FlagSet) {
 				fs.BoolVar(&force, "force", false, "rotate even if the current key signed for less than 60 days")
-			}, func(ctx context.Context, s *app.Settings, _ []string) error {
-				return withApp(ctx, s, func(a *app.App) error {
+			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *wiring.App) error {
 					id, err := a.Service.ForceRotate(ctx, force, actor())
 					if err != nil {
 						return err
@@ -140,7 +144,7 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("retire", "keys retire KEY_ID", "take a key out of service now, before its expiry (suspected compromise); its tokens stop redeeming", nil, func(ctx context.Context, s *app.Settings, args []string) error {
+			cmd("retire", "keys retire KEY_ID", "take a key out of service now, before its expiry (suspected compromise); its tokens stop redeeming", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, args []string) error {
 				if len(args) != 1 {
 					return errors.New("usage: pstctl keys retire KEY_ID")
 				}
@@ -148,7 +152,7 @@ func root(out io.Writer) *ffcli.Command {
 				if err != nil || id == 0 {
 					return fmt.Errorf("%q is not a key id", args[0])
 				}
-				return withApp(ctx, s, func(a *app.App) error {
+				return withApp(ctx, s, func(a *wiring.App) error {
 					if err := a.Service.RetireKey(ctx, uint32(id), actor()); err != nil {
 						return err
 					}
@@ -156,11 +160,11 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("import", "keys import --file BLOB", "import a BoringSSL private key blob (u32 key id || k), base64 or raw", func(fs *flag.FlagSet) {
+			cmd("import", "keys import --file BLOB", "import a BoringSSL private key blob (u32 key id || k), base64 or raw", keyAdmin, func(fs *flag.FlagSet) {
 				fs.StringVar(&importFile, "file", "", "file with the private key blob (base64 or 52 raw bytes); - for stdin")
 				fs.StringVar(&notBefore, "not-before", "", "RFC 3339 time the key starts signing (default now)")
 				fs.IntVar(&importDays, "days", 120, "days until the key expires")
-			}, func(ctx context.Context, s *app.Settings, _ []string) error {
+			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				blob, err := readBlob(importFile)
 				if err != nil {
 					return err
@@ -172,7 +176,7 @@ func root(out io.Writer) *ffcli.Command {
 						return err
 					}
 				}
-				return withApp(ctx, s, func(a *app.App) error {
+				return withApp(ctx, s, func(a *wiring.App) error {
 					id, err := a.Service.ImportKey(ctx, blob, signer.KeyTimes{NotBefore: nb, Expiry: nb.AddDate(0, 0, importDays)}, actor())
 					if err != nil {
 						return err
@@ -184,8 +188,8 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("rotate-rr", "keys rotate-rr", "create a new redemption-record key in the HSM", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
-				return withApp(ctx, s, func(a *app.App) error {
+			cmd("rotate-rr", "keys rotate-rr", "create a new redemption-record key in the HSM", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				return withApp(ctx, s, func(a *wiring.App) error {
 					id, err := a.Service.RotateRRKey(ctx, actor())
 					if err != nil {
 						return err
@@ -201,8 +205,8 @@ func root(out io.Writer) *ffcli.Command {
 		ShortUsage: "pstctl migrate|keys|commitment|audit|rr",
 		Exec:       func(context.Context, []string) error { return flag.ErrHelp },
 		Subcommands: []*ffcli.Command{
-			cmd("migrate", "migrate", "apply database migrations", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
-				store, err := app.OpenStore(ctx, s, quietLogger())
+			cmd("migrate", "migrate", "apply database migrations", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				store, err := wiring.OpenStore(ctx, s, quietLogger())
 				if err != nil {
 					return err
 				}
@@ -210,10 +214,10 @@ func root(out io.Writer) *ffcli.Command {
 				return store.Migrate(ctx)
 			}),
 			keys,
-			cmd("commitment", "commitment [--chromium]", "print the key commitment", func(fs *flag.FlagSet) {
+			cmd("commitment", "commitment [--chromium]", "print the key commitment", wiring.Database, func(fs *flag.FlagSet) {
 				fs.BoolVar(&chromium, "chromium", false, "print the value of Chrome's --additional-private-state-token-key-commitments switch")
-			}, func(ctx context.Context, s *app.Settings, _ []string) error {
-				store, err := app.OpenStore(ctx, s, quietLogger())
+			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				store, err := wiring.OpenStore(ctx, s, quietLogger())
 				if err != nil {
 					return err
 				}
@@ -238,10 +242,10 @@ func root(out io.Writer) *ffcli.Command {
 			{Name: "audit", ShortUsage: "pstctl audit list|verify", ShortHelp: "read and verify the audit log",
 				Exec: func(context.Context, []string) error { return flag.ErrHelp },
 				Subcommands: []*ffcli.Command{
-					cmd("list", "audit list [--limit N]", "print audit entries as JSON lines", func(fs *flag.FlagSet) {
+					cmd("list", "audit list [--limit N]", "print audit entries as JSON lines", wiring.Database, func(fs *flag.FlagSet) {
 						fs.IntVar(&auditLimit, "limit", 1000, "entries to print")
-					}, func(ctx context.Context, s *app.Settings, _ []string) error {
-						store, err := app.OpenStore(ctx, s, quietLogger())
+					}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+						store, err := wiring.OpenStore(ctx, s, quietLogger())
 						if err != nil {
 							return err
 						}
@@ -258,8 +262,8 @@ func root(out io.Writer) *ffcli.Command {
 						}
 						return nil
 					}),
-					cmd("verify", "audit verify", "recompute the audit hash chain", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
-						store, err := app.OpenStore(ctx, s, quietLogger())
+					cmd("verify", "audit verify", "recompute the audit hash chain", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+						store, err := wiring.OpenStore(ctx, s, quietLogger())
 						if err != nil {
 							return err
 						}
@@ -275,10 +279,10 @@ func root(out io.Writer) *ffcli.Command {
 			{Name: "rr", ShortUsage: "pstctl rr verify --issuer ORIGIN RECORD|-", ShortHelp: "verify redemption records",
 				Exec: func(context.Context, []string) error { return flag.ErrHelp },
 				Subcommands: []*ffcli.Command{
-					cmd("verify", "rr verify [--issuer ORIGIN] [--jwks URL] RECORD|-", "verify a redemption record against the issuer's JWKS", func(fs *flag.FlagSet) {
+					cmd("verify", "rr verify [--issuer ORIGIN] [--jwks URL] RECORD|-", "verify a redemption record against the issuer's JWKS", wiring.Origin, func(fs *flag.FlagSet) {
 						fs.StringVar(&rrIssuer, "issuer", "", "issuer origin (default PSTD_ISSUER_ORIGIN)")
 						fs.StringVar(&rrJWKS, "jwks", "", "JWKS URL (default ISSUER/.well-known/private-state-token/jwks.json)")
-					}, func(ctx context.Context, s *app.Settings, args []string) error {
+					}, func(ctx context.Context, s *wiring.Settings, args []string) error {
 						if len(args) != 1 {
 							return errors.New("give one record, or - to read it from stdin")
 						}

@@ -26,9 +26,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/pstd/pstd/cmd/internal/wiring"
 	"github.com/pstd/pstd/demo"
 	"github.com/pstd/pstd/httpapi"
-	"github.com/pstd/pstd/internal/app"
 	"github.com/pstd/pstd/rp"
 )
 
@@ -48,7 +48,7 @@ func main() {
 }
 
 func newLogger(level string) *slog.Logger {
-	l, err := app.ParseLogLevel(level)
+	l, err := wiring.ParseLogLevel(level)
 	if err != nil {
 		l = slog.LevelInfo // ValidateServe reports the bad value
 	}
@@ -56,12 +56,12 @@ func newLogger(level string) *slog.Logger {
 }
 
 func root() *ffcli.Command {
-	var s app.Settings
+	var s wiring.Settings
 	serveFS := flag.NewFlagSet("pstd serve", flag.ContinueOnError)
-	s.Register(serveFS)
-	var m app.Settings
+	s.Register(serveFS, wiring.All)
+	var m wiring.Settings
 	migrateFS := flag.NewFlagSet("pstd migrate", flag.ContinueOnError)
-	m.Register(migrateFS)
+	m.Register(migrateFS, wiring.Database|wiring.Logging)
 	opts := []ff.Option{ff.WithEnvVarPrefix("PSTD")}
 	return &ffcli.Command{
 		Name:       "pstd",
@@ -71,7 +71,7 @@ func root() *ffcli.Command {
 				Exec: func(ctx context.Context, args []string) error { return serve(ctx, &s, serveFS) }},
 			{Name: "migrate", ShortUsage: "pstd migrate [flags]", ShortHelp: "apply database migrations", FlagSet: migrateFS, Options: opts,
 				Exec: func(ctx context.Context, args []string) error {
-					store, err := app.OpenStore(ctx, &m, newLogger(m.LogLevel))
+					store, err := wiring.OpenStore(ctx, &m, newLogger(m.LogLevel))
 					if err != nil {
 						return err
 					}
@@ -83,7 +83,7 @@ func root() *ffcli.Command {
 	}
 }
 
-func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
+func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	log := newLogger(s.LogLevel)
 	if err := s.ValidateServe(); err != nil {
 		return err
@@ -95,12 +95,7 @@ func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := httpapi.NewMetrics(reg)
-	if err != nil {
-		return err
-	}
-	a, err := app.Open(ctx, s, log, s.Migrate, app.Hooks{OnHSMError: metrics.IncHSMError, OnDBError: metrics.IncDBError,
-		OnSigningKey: metrics.SetSigningKey, OnRotation: metrics.RotationDone})
+	a, err := wiring.Open(ctx, s, log, s.Migrate, reg)
 	if err != nil {
 		return err
 	}
@@ -128,7 +123,6 @@ func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
 	defer cancelSvc()
 
 	var opts []httpapi.Option
-	opts = append(opts, httpapi.WithMetrics(metrics))
 	if s.Demo {
 		verify, err := demoVerifier(s)
 		if err != nil {
@@ -173,7 +167,7 @@ func serve(ctx context.Context, s *app.Settings, fs *flag.FlagSet) error {
 
 // demoVerifier verifies records of this issuer for the demo relying-party
 // page, fetching the JWKS from this very server.
-func demoVerifier(s *app.Settings) (demo.Verifier, error) {
+func demoVerifier(s *wiring.Settings) (demo.Verifier, error) {
 	v, err := rp.NewVerifier(rp.Config{
 		Issuers: map[string]string{s.IssuerOrigin: "http://" + s.Listen + rp.JWKSPath},
 	})

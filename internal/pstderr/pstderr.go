@@ -1,10 +1,14 @@
 // Package pstderr is the small catalogue of error kinds that cross package
-// boundaries in pstd. Protocol and service code wrap what a client did wrong
-// (or a dependency that is down) in an *Error with a Kind; httpapi maps each
-// Kind to an HTTP status and a stable machine-readable reason in one place.
-// A plain error without a Kind means "internal".
+// boundaries in pstd, in the shape letsencrypt/boulder uses: a Kind is itself
+// an error, so callers test with errors.Is(err, pstderr.Malformed), and an
+// *Error carries a Kind plus a short detail that is safe to show a client.
 //
-// Reasons and messages must never contain secrets, tokens or nonces.
+// What a client did wrong, or a dependency that is down (Unavailable), gets a
+// Kind; httpapi maps each Kind to an HTTP status and a stable reason in one
+// place. Anything else is a plain Go error and means "internal": a bug, a 500,
+// with the cause in the log and never in the answer.
+//
+// Details and messages must never contain secrets, tokens or nonces.
 package pstderr
 
 import (
@@ -12,14 +16,13 @@ import (
 	"fmt"
 )
 
-// Kind classifies an error for the HTTP layer.
+// Kind classifies an error for the HTTP layer. A Kind is an error, so that
+// errors.Is(err, Malformed) matches any *Error of that kind.
 type Kind int
 
 const (
-	// Internal is the zero Kind: a bug or an unexpected failure.
-	Internal Kind = iota
 	// Malformed: the bytes do not parse (length, framing, base64, CBOR).
-	Malformed
+	Malformed Kind = iota + 1
 	// BadPoint: a group element is off the curve, the identity, or badly encoded.
 	BadPoint
 	// BadCount: an issuance count of 0 or above the allowed batch size.
@@ -43,7 +46,6 @@ const (
 )
 
 var kindNames = [...]string{
-	Internal:        "internal",
 	Malformed:       "malformed",
 	BadPoint:        "bad-point",
 	BadCount:        "bad-count",
@@ -57,13 +59,19 @@ var kindNames = [...]string{
 	Unavailable:     "unavailable",
 }
 
+// InternalReason is the stable reason of an error without a Kind.
+const InternalReason = "internal"
+
 // String returns the stable machine-readable name of the kind.
 func (k Kind) String() string {
-	if k < 0 || int(k) >= len(kindNames) {
-		return "internal"
+	if k <= 0 || int(k) >= len(kindNames) {
+		return InternalReason
 	}
 	return kindNames[k]
 }
+
+// Error makes a Kind usable as an errors.Is target.
+func (k Kind) Error() string { return k.String() }
 
 // Error is an error with a Kind and a short, client-safe detail.
 type Error struct {
@@ -81,10 +89,10 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is makes errors.Is(err, &Error{Kind: k}) match any *Error of kind k.
+// Is makes errors.Is(err, k) true for any *Error of Kind k.
 func (e *Error) Is(target error) bool {
-	t, ok := target.(*Error)
-	return ok && t.Detail == "" && t.Err == nil && t.Kind == e.Kind
+	k, ok := target.(Kind)
+	return ok && k == e.Kind
 }
 
 // New returns an *Error of kind k with a formatted detail.
@@ -97,13 +105,14 @@ func Wrap(k Kind, err error, detail string) *Error {
 	return &Error{Kind: k, Detail: detail, Err: err}
 }
 
-// KindOf returns the Kind of the first *Error in err's chain, or Internal.
-func KindOf(err error) Kind {
+// KindOf returns the Kind of the first *Error in err's chain; ok is false
+// for a plain (internal) error.
+func KindOf(err error) (k Kind, ok bool) {
 	var e *Error
 	if errors.As(err, &e) {
-		return e.Kind
+		return e.Kind, true
 	}
-	return Internal
+	return 0, false
 }
 
 // DetailOf returns the client-safe detail of err, or "internal error".
@@ -114,18 +123,3 @@ func DetailOf(err error) string {
 	}
 	return "internal error"
 }
-
-// Sentinel values for errors.Is.
-var (
-	ErrMalformed       = &Error{Kind: Malformed}
-	ErrBadPoint        = &Error{Kind: BadPoint}
-	ErrBadCount        = &Error{Kind: BadCount}
-	ErrUnknownKey      = &Error{Kind: UnknownKey}
-	ErrInvalidToken    = &Error{Kind: InvalidToken}
-	ErrBadProof        = &Error{Kind: BadProof}
-	ErrAlreadyRedeemed = &Error{Kind: AlreadyRedeemed}
-	ErrUnsupported     = &Error{Kind: Unsupported}
-	ErrDenied          = &Error{Kind: Denied}
-	ErrRateLimited     = &Error{Kind: RateLimited}
-	ErrUnavailable     = &Error{Kind: Unavailable}
-)

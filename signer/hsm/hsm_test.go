@@ -268,7 +268,7 @@ func TestReconnectStopsAfterBadPIN(t *testing.T) {
 		if _, err := h.Random(8); !errors.Is(err, ErrBadPIN) {
 			t.Fatal(err)
 		}
-		if err := h.Reopen(); !errors.Is(err, ErrBadPIN) {
+		if err := h.reopen(); !errors.Is(err, ErrBadPIN) {
 			t.Fatal(err)
 		}
 	}
@@ -333,7 +333,7 @@ func TestCloseWipesPINAndRefusesUse(t *testing.T) {
 	if _, err := h.Random(1); !errors.Is(err, ErrClosed) {
 		t.Fatal(err)
 	}
-	if err := h.Reopen(); !errors.Is(err, ErrClosed) {
+	if err := h.reopen(); !errors.Is(err, ErrClosed) {
 		t.Fatal(err)
 	}
 	if err := h.Ping(context.Background()); !errors.Is(err, ErrClosed) {

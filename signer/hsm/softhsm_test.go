@@ -562,7 +562,7 @@ func TestSoftHSMSessionLossAndReconnect(t *testing.T) {
 	if h.Reconnects() != 2 {
 		t.Fatalf("Reconnects = %d, want 2", h.Reconnects())
 	}
-	if err := h.Reopen(); err != nil {
+	if err := h.reopen(); err != nil {
 		t.Fatalf("Reopen: %v", err)
 	}
 	if _, err := h.Unseal(sealed, nil); err != nil {

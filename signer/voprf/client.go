@@ -2,13 +2,12 @@ package voprf
 
 import (
 	"crypto/subtle"
+	"fmt"
 	"io"
 	"math/big"
 
 	"filippo.io/bigmod"
 	"filippo.io/nistec"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // Client is the browser's half of PST v1 VOPRF, for tests, the load tool and
@@ -46,7 +45,7 @@ func (p *Pending) Wipe() {
 // Blind draws count random nonces and blinds them: B_i = b_i·HashToGroup(nonce_i).
 func (c *Client) Blind(count int, rand io.Reader) (*Pending, error) {
 	if count < 1 || count > MaxBatchSize {
-		return nil, pstderr.New(pstderr.BadCount, "count must be in [1, %d]", MaxBatchSize)
+		return nil, newError(BadCount, "count must be in [1, %d]", MaxBatchSize)
 	}
 	p := &Pending{
 		nonces:  make([][NonceSize]byte, count),
@@ -56,17 +55,17 @@ func (c *Client) Blind(count int, rand io.Reader) (*Pending, error) {
 	}
 	for i := range count {
 		if _, err := io.ReadFull(rand, p.nonces[i][:]); err != nil {
-			return nil, pstderr.Wrap(pstderr.Internal, err, "drawing a nonce failed")
+			return nil, fmt.Errorf("drawing a nonce failed: %w", err)
 		}
 		b, err := randomScalar(rand)
 		if err != nil {
-			return nil, pstderr.Wrap(pstderr.Internal, err, "drawing a blind failed")
+			return nil, fmt.Errorf("drawing a blind failed: %w", err)
 		}
 		p.blinds[i] = b
 		h := hashToGroup(p.nonces[i][:])
 		bp, err := nistec.NewP384Point().ScalarMult(h, b[:])
 		if err != nil {
-			return nil, pstderr.Wrap(pstderr.Internal, err, "blinding failed")
+			return nil, fmt.Errorf("blinding failed: %w", err)
 		}
 		p.points[i] = bp
 		p.blinded[i] = bp.Bytes()
@@ -85,11 +84,11 @@ func (c *Client) Finish(p *Pending, response []byte) ([]Token, error) {
 		return nil, err
 	}
 	if resp.KeyID != c.pub.KeyID {
-		return nil, pstderr.New(pstderr.UnknownKey, "response names key %d, expected %d", resp.KeyID, c.pub.KeyID)
+		return nil, newError(UnknownKey, "response names key %d, expected %d", resp.KeyID, c.pub.KeyID)
 	}
 	n := len(resp.Evaluated)
 	if n > len(p.blinded) {
-		return nil, pstderr.New(pstderr.BadCount, "issuer returned %d tokens for %d requested", n, len(p.blinded))
+		return nil, newError(BadCount, "issuer returned %d tokens for %d requested", n, len(p.blinded))
 	}
 	if n == 0 {
 		return nil, nil
@@ -101,13 +100,13 @@ func (c *Client) Finish(p *Pending, response []byte) ([]Token, error) {
 	for i := range n {
 		b, err := bigmod.NewNat().SetBytes(p.blinds[i][:], orderN)
 		if err != nil {
-			return nil, pstderr.Wrap(pstderr.Internal, err, "blind out of range")
+			return nil, fmt.Errorf("blind out of range: %w", err)
 		}
 		inv := bigmod.NewNat().Exp(b, nMinus2, orderN).Bytes(orderN) // b^-1, constant time
 		w, err := nistec.NewP384Point().ScalarMult(resp.points[i], inv)
 		wipe(inv)
 		if err != nil {
-			return nil, pstderr.Wrap(pstderr.Internal, err, "unblinding failed")
+			return nil, fmt.Errorf("unblinding failed: %w", err)
 		}
 		tokens[i].KeyID = resp.KeyID
 		tokens[i].Nonce = p.nonces[i]
@@ -135,10 +134,10 @@ func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp
 	copy(cs[:], resp.Proof[:ScalarSize])
 	copy(ss[:], resp.Proof[ScalarSize:])
 	if _, err := bigmod.NewNat().SetBytes(cs[:], orderN); err != nil {
-		return pstderr.New(pstderr.BadProof, "proof challenge out of range")
+		return newError(BadProof, "proof challenge out of range")
 	}
 	if _, err := bigmod.NewNat().SetBytes(ss[:], orderN); err != nil {
-		return pstderr.New(pstderr.BadProof, "proof response out of range")
+		return newError(BadProof, "proof response out of range")
 	}
 	g := nistec.NewP384Point().SetGenerator()
 	sc := [][ScalarSize]byte{ss, cs}
@@ -148,13 +147,13 @@ func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp
 	for i, pt := range []*nistec.P384Point{m, z, t2, t3} {
 		b := pt.Bytes()
 		if len(b) != ElementSize {
-			return pstderr.New(pstderr.BadProof, "proof does not verify")
+			return newError(BadProof, "proof does not verify")
 		}
 		compressFromUncompressed(&comps[i], b)
 	}
 	want := challenge(c.pub.comp[:], comps[0][:], comps[1][:], comps[2][:], comps[3][:])
 	if subtle.ConstantTimeCompare(want[:], cs[:]) != 1 {
-		return pstderr.New(pstderr.BadProof, "proof does not verify")
+		return newError(BadProof, "proof does not verify")
 	}
 	return nil
 }

@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // ClientData is Chrome's redemption client data: a CBOR map with
@@ -51,20 +49,20 @@ var clientDataEncMode = func() cbor.EncMode {
 // required and the origin must be a serialised origin.
 func ParseClientData(b []byte) (*ClientData, error) {
 	if len(b) == 0 || len(b) > MaxClientDataSize {
-		return nil, pstderr.New(pstderr.Malformed, "client data is empty or exceeds %d bytes", MaxClientDataSize)
+		return nil, newError(Malformed, "client data is empty or exceeds %d bytes", MaxClientDataSize)
 	}
 	var cd ClientData
 	if err := clientDataDecMode.Unmarshal(b, &cd); err != nil {
-		return nil, pstderr.New(pstderr.Malformed, "client data is not a CBOR map of the expected shape")
+		return nil, newError(Malformed, "client data is not a CBOR map of the expected shape")
 	}
 	if cd.RedeemingOrigin == "" {
-		return nil, pstderr.New(pstderr.Malformed, "client data has no redeeming-origin")
+		return nil, newError(Malformed, "client data has no redeeming-origin")
 	}
 	if cd.RedemptionTimestamp == 0 {
-		return nil, pstderr.New(pstderr.Malformed, "client data has no redemption-timestamp")
+		return nil, newError(Malformed, "client data has no redemption-timestamp")
 	}
 	if !isOrigin(cd.RedeemingOrigin) {
-		return nil, pstderr.New(pstderr.Malformed, "redeeming-origin is not an origin")
+		return nil, newError(Malformed, "redeeming-origin is not an origin")
 	}
 	return &cd, nil
 }

@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sort"
 	"strconv"
 	"time"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // ProtocolVersion is the PST v1 VOPRF protocol string, used as the crypto
@@ -41,13 +41,13 @@ type PublishedKey struct {
 // decimal string labels and expiry as a string of microseconds.
 func BuildCommitment(id uint32, batchSize int, keys []PublishedKey) ([]byte, error) {
 	if id == 0 {
-		return nil, pstderr.New(pstderr.Internal, "commitment id must be positive")
+		return nil, errors.New("commitment id must be positive")
 	}
 	if batchSize < 1 || batchSize > MaxBatchSize {
-		return nil, pstderr.New(pstderr.Internal, "batch size %d outside [1, %d]", batchSize, MaxBatchSize)
+		return nil, fmt.Errorf("batch size %d outside [1, %d]", batchSize, MaxBatchSize)
 	}
 	if len(keys) == 0 || len(keys) > 6 {
-		return nil, pstderr.New(pstderr.Internal, "a commitment needs 1 to 6 keys, not %d", len(keys))
+		return nil, fmt.Errorf("a commitment needs 1 to 6 keys, not %d", len(keys))
 	}
 	c := Commitment{ProtocolVersion: ProtocolVersion, ID: id, BatchSize: batchSize, Keys: map[string]CommittedKey{}}
 	for _, k := range keys {
@@ -65,40 +65,40 @@ func BuildCommitment(id uint32, batchSize int, keys []PublishedKey) ([]byte, err
 func ParseCommitment(b []byte) (*Commitment, map[uint32]*PublicKey, error) {
 	var outer map[string]json.RawMessage
 	if err := json.Unmarshal(b, &outer); err != nil {
-		return nil, nil, pstderr.New(pstderr.Malformed, "commitment is not a JSON object")
+		return nil, nil, newError(Malformed, "commitment is not a JSON object")
 	}
 	raw, ok := outer[ProtocolVersion]
 	if !ok {
-		return nil, nil, pstderr.New(pstderr.Unsupported, "commitment has no %s entry", ProtocolVersion)
+		return nil, nil, newError(Unsupported, "commitment has no %s entry", ProtocolVersion)
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	var c Commitment
 	if err := dec.Decode(&c); err != nil {
-		return nil, nil, pstderr.New(pstderr.Malformed, "commitment entry does not parse")
+		return nil, nil, newError(Malformed, "commitment entry does not parse")
 	}
 	if c.ProtocolVersion != ProtocolVersion || c.ID == 0 || c.BatchSize < 1 || c.BatchSize > MaxBatchSize || len(c.Keys) == 0 || len(c.Keys) > 6 {
-		return nil, nil, pstderr.New(pstderr.Malformed, "commitment fields out of range")
+		return nil, nil, newError(Malformed, "commitment fields out of range")
 	}
 	keys := map[uint32]*PublicKey{}
 	for label, k := range c.Keys {
 		id, err := strconv.ParseUint(label, 10, 32)
 		if err != nil {
-			return nil, nil, pstderr.New(pstderr.Malformed, "key label %q is not a uint32", label)
+			return nil, nil, newError(Malformed, "key label %q is not a uint32", label)
 		}
 		blob, err := base64.StdEncoding.Strict().DecodeString(k.Y)
 		if err != nil {
-			return nil, nil, pstderr.New(pstderr.Malformed, "key %s: Y is not base64", label)
+			return nil, nil, newError(Malformed, "key %s: Y is not base64", label)
 		}
 		pk, err := ParsePublicKeyBlob(blob)
 		if err != nil {
 			return nil, nil, err
 		}
 		if pk.KeyID != uint32(id) {
-			return nil, nil, pstderr.New(pstderr.Malformed, "key %s: blob names key %d", label, pk.KeyID)
+			return nil, nil, newError(Malformed, "key %s: blob names key %d", label, pk.KeyID)
 		}
 		if _, err := strconv.ParseInt(k.Expiry, 10, 64); err != nil {
-			return nil, nil, pstderr.New(pstderr.Malformed, "key %s: expiry is not a decimal string", label)
+			return nil, nil, newError(Malformed, "key %s: expiry is not a decimal string", label)
 		}
 		keys[pk.KeyID] = pk
 	}

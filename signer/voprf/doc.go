@@ -16,7 +16,8 @@
 // verification) take the variable-time multi-scalar multiplication in msm.go.
 // circl is used for hash-to-curve and hash-to-scalar of public input only.
 //
-// Errors are *pstderr.Error values: Malformed, BadPoint, BadCount,
-// UnknownKey, InvalidToken or BadProof, each with a short detail that never
-// contains secret or token bytes.
+// Refused input gives an *Error whose Kind (Malformed, BadPoint, BadCount,
+// UnknownKey, InvalidToken, BadProof, Unsupported) is matched with errors.Is;
+// its detail never contains secret or token bytes. The package depends on
+// nothing else in pstd.
 package voprf

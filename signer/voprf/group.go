@@ -3,14 +3,13 @@ package voprf
 import (
 	"crypto/sha512"
 	"encoding/binary"
+	"errors"
 	"io"
 	"math/big"
 
 	"filippo.io/bigmod"
 	"filippo.io/nistec"
 	"github.com/cloudflare/circl/group"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // Sizes of P-384 encodings.
@@ -61,11 +60,11 @@ var orderBig = new(big.Int).SetBytes(orderBytes)
 // cannot encode it — the identity.
 func parseElement(b []byte) (*nistec.P384Point, error) {
 	if len(b) != ElementSize || b[0] != 4 {
-		return nil, pstderr.New(pstderr.BadPoint, "element is not a 97-byte uncompressed point")
+		return nil, newError(BadPoint, "element is not a 97-byte uncompressed point")
 	}
 	p, err := nistec.NewP384Point().SetBytes(b)
 	if err != nil {
-		return nil, pstderr.New(pstderr.BadPoint, "element is not on P-384")
+		return nil, newError(BadPoint, "element is not on P-384")
 	}
 	return p, nil
 }
@@ -144,7 +143,7 @@ func randomScalar(rand io.Reader) ([ScalarSize]byte, error) {
 	return b, errBadRandom
 }
 
-var errBadRandom = pstderr.New(pstderr.Internal, "random source produced no usable scalar")
+var errBadRandom = errors.New("random source produced no usable scalar")
 
 // seedHash computes seed = SHA-384(I2OSP(49,2) || comp(pkS) || I2OSP(len(seedDST),2) || seedDST).
 func seedHash(pkComp []byte) [sha512.Size384]byte {

@@ -3,14 +3,14 @@ package voprf
 import (
 	"crypto/subtle"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"sync"
 
 	"filippo.io/bigmod"
 	"filippo.io/nistec"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // parallelThreshold is the batch size from which the per-element
@@ -19,7 +19,7 @@ import (
 // keeps every core busy with concurrent requests.
 const parallelThreshold = 16
 
-var errWiped = pstderr.New(pstderr.Unavailable, "issuer key has been wiped")
+var errWiped = newError(KeyWiped, "issuer key has been wiped")
 
 // Issue runs BlindEvaluateBatch over the first min(count, max) blinded
 // elements of req and returns the issue response
@@ -29,7 +29,7 @@ var errWiped = pstderr.New(pstderr.Unavailable, "issuer key has been wiped")
 func (sk *PrivateKey) Issue(req *IssueRequest, max int, rand io.Reader) ([]byte, int, error) {
 	r, err := randomScalar(rand)
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "drawing the proof nonce failed")
+		return nil, 0, fmt.Errorf("drawing the proof nonce failed: %w", err)
 	}
 	defer wipe(r[:])
 	return sk.issue(req, max, &r)
@@ -40,7 +40,7 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 		return nil, 0, errWiped
 	}
 	if max < 1 {
-		return nil, 0, pstderr.New(pstderr.BadCount, "nothing may be issued")
+		return nil, 0, newError(BadCount, "nothing may be issued")
 	}
 	n := min(req.Count(), max)
 
@@ -88,22 +88,22 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 	// Z = k·M; t2 = r·G; t3 = r·M — all constant time in the secrets k and r.
 	z, err := nistec.NewP384Point().ScalarMult(m, sk.k[:])
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
 	t2, err := nistec.NewP384Point().ScalarBaseMult(r[:])
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
 	t3, err := nistec.NewP384Point().ScalarMult(m, r[:])
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
 	var comps [4][CompressedSize]byte
 	for i, p := range []*nistec.P384Point{m, z, t2, t3} {
 		b := p.Bytes()
 		if len(b) != ElementSize {
 			// M = O happens only if the hash outputs cancel: probability 2^-384.
-			return nil, 0, pstderr.New(pstderr.Internal, "degenerate proof element")
+			return nil, 0, errors.New("degenerate proof element")
 		}
 		compressFromUncompressed(&comps[i], b)
 	}
@@ -112,11 +112,11 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 	// s = r − c·k mod n, constant time in k and r.
 	cN, err := bigmod.NewNat().SetBytes(c[:], orderN)
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "challenge out of range")
+		return nil, 0, fmt.Errorf("challenge out of range: %w", err)
 	}
 	rN, err := bigmod.NewNat().SetBytes(r[:], orderN)
 	if err != nil {
-		return nil, 0, pstderr.Wrap(pstderr.Internal, err, "proof nonce out of range")
+		return nil, 0, fmt.Errorf("proof nonce out of range: %w", err)
 	}
 	cN.Mul(sk.kNat, orderN)
 	s := rN.Sub(cN, orderN).Bytes(orderN)
@@ -138,7 +138,7 @@ func (sk *PrivateKey) evaluateNonce(nonce []byte) ([]byte, error) {
 	h := hashToGroup(nonce)
 	w, err := nistec.NewP384Point().ScalarMult(h, sk.k[:])
 	if err != nil {
-		return nil, pstderr.Wrap(pstderr.Internal, err, "scalar multiplication failed")
+		return nil, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
 	return w.Bytes(), nil
 }
@@ -147,14 +147,14 @@ func (sk *PrivateKey) evaluateNonce(nonce []byte) ([]byte, error) {
 // A token naming another key id is UnknownKey; a wrong W is InvalidToken.
 func (sk *PrivateKey) VerifyToken(t *Token) error {
 	if t.KeyID != sk.pub.KeyID {
-		return pstderr.New(pstderr.UnknownKey, "token key id does not match the key")
+		return newError(UnknownKey, "token key id does not match the key")
 	}
 	w, err := sk.evaluateNonce(t.Nonce[:])
 	if err != nil {
 		return err
 	}
 	if subtle.ConstantTimeCompare(w, t.W[:]) != 1 {
-		return pstderr.New(pstderr.InvalidToken, "token does not verify")
+		return newError(InvalidToken, "token does not verify")
 	}
 	return nil
 }
@@ -174,7 +174,7 @@ func Redeem(keys KeySet, request []byte) (*RedeemRequest, error) {
 	}
 	sk, ok := keys.Key(req.Token.KeyID)
 	if !ok {
-		return nil, pstderr.New(pstderr.UnknownKey, "token key id %d is not a key of this issuer", req.Token.KeyID)
+		return nil, newError(UnknownKey, "token key id %d is not a key of this issuer", req.Token.KeyID)
 	}
 	if err := sk.VerifyToken(&req.Token); err != nil {
 		return nil, err

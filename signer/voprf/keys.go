@@ -2,12 +2,11 @@ package voprf
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 
 	"filippo.io/bigmod"
 	"filippo.io/nistec"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // PublicKey is an issuer's public key pkS = k·G with its key id.
@@ -31,7 +30,7 @@ type PrivateKey struct {
 
 func newPublicKey(keyID uint32, p *nistec.P384Point) (*PublicKey, error) {
 	if isIdentity(p) {
-		return nil, pstderr.New(pstderr.BadPoint, "public key is the identity")
+		return nil, newError(BadPoint, "public key is the identity")
 	}
 	pk := &PublicKey{KeyID: keyID, point: p}
 	encodePoint(p, pk.unc[:], &pk.comp)
@@ -42,17 +41,17 @@ func newPublicKey(keyID uint32, p *nistec.P384Point) (*PublicKey, error) {
 // [1, n-1]. It copies k; the caller should wipe its own copy.
 func NewPrivateKey(keyID uint32, k []byte) (*PrivateKey, error) {
 	if len(k) != ScalarSize {
-		return nil, pstderr.New(pstderr.Malformed, "private scalar is not 48 bytes")
+		return nil, newError(Malformed, "private scalar is not 48 bytes")
 	}
 	kn, err := bigmod.NewNat().SetBytes(k, orderN)
 	if err != nil || kn.IsZero() == 1 {
-		return nil, pstderr.New(pstderr.Malformed, "private scalar is not in [1, n-1]")
+		return nil, newError(Malformed, "private scalar is not in [1, n-1]")
 	}
 	sk := &PrivateKey{kNat: kn}
 	copy(sk.k[:], k)
 	p, err := nistec.NewP384Point().ScalarBaseMult(sk.k[:])
 	if err != nil {
-		return nil, pstderr.Wrap(pstderr.Internal, err, "scalar base multiplication failed")
+		return nil, fmt.Errorf("scalar base multiplication failed: %w", err)
 	}
 	pub, err := newPublicKey(keyID, p)
 	if err != nil {
@@ -113,7 +112,7 @@ func (sk *PrivateKey) MarshalPrivateKeyBlob() []byte {
 // ParsePrivateKeyBlob parses BoringSSL's private key blob u32(key_id) || k[48].
 func ParsePrivateKeyBlob(b []byte) (*PrivateKey, error) {
 	if len(b) != PrivateKeyBlobSize {
-		return nil, pstderr.New(pstderr.Malformed, "private key blob is not 52 bytes")
+		return nil, newError(Malformed, "private key blob is not 52 bytes")
 	}
 	return NewPrivateKey(binary.BigEndian.Uint32(b), b[4:])
 }
@@ -131,7 +130,7 @@ func (pk *PublicKey) Element() []byte { return append([]byte(nil), pk.unc[:]...)
 // ParsePublicKeyBlob parses u32(key_id) || 0x04 || X || Y.
 func ParsePublicKeyBlob(b []byte) (*PublicKey, error) {
 	if len(b) != PublicKeyBlobSize {
-		return nil, pstderr.New(pstderr.Malformed, "public key blob is not 101 bytes")
+		return nil, newError(Malformed, "public key blob is not 101 bytes")
 	}
 	p, err := parseElement(b[4:])
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 
 	"filippo.io/nistec"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // IssueRequest is a parsed issue request: u16(count) || count × B_i[97].
@@ -24,24 +22,24 @@ func (r *IssueRequest) Count() int { return len(r.Blinded) }
 // that is not a valid point is an error.
 func ParseIssueRequest(b []byte) (*IssueRequest, error) {
 	if len(b) < 2 {
-		return nil, pstderr.New(pstderr.Malformed, "issue request shorter than its count")
+		return nil, newError(Malformed, "issue request shorter than its count")
 	}
 	count := int(binary.BigEndian.Uint16(b))
 	if count == 0 {
-		return nil, pstderr.New(pstderr.BadCount, "issue request count is 0")
+		return nil, newError(BadCount, "issue request count is 0")
 	}
 	if count > MaxBatchSize {
-		return nil, pstderr.New(pstderr.BadCount, "issue request count %d exceeds the maximum batch size %d", count, MaxBatchSize)
+		return nil, newError(BadCount, "issue request count %d exceeds the maximum batch size %d", count, MaxBatchSize)
 	}
 	if len(b) != 2+count*ElementSize {
-		return nil, pstderr.New(pstderr.Malformed, "issue request is %d bytes, want %d for count %d", len(b), 2+count*ElementSize, count)
+		return nil, newError(Malformed, "issue request is %d bytes, want %d for count %d", len(b), 2+count*ElementSize, count)
 	}
 	req := &IssueRequest{Blinded: make([][]byte, count), points: make([]*nistec.P384Point, count)}
 	for i := range count {
 		e := b[2+i*ElementSize : 2+(i+1)*ElementSize]
 		p, err := parseElement(e)
 		if err != nil {
-			return nil, pstderr.New(pstderr.BadPoint, "blinded element %d is not a valid point", i)
+			return nil, newError(BadPoint, "blinded element %d is not a valid point", i)
 		}
 		req.Blinded[i] = e
 		req.points[i] = p
@@ -70,15 +68,15 @@ type IssueResponse struct {
 // ParseIssueResponse parses and validates an issue response (client side).
 func ParseIssueResponse(b []byte) (*IssueResponse, error) {
 	if len(b) < 6 {
-		return nil, pstderr.New(pstderr.Malformed, "issue response too short")
+		return nil, newError(Malformed, "issue response too short")
 	}
 	n := int(binary.BigEndian.Uint16(b))
 	if n > MaxBatchSize {
-		return nil, pstderr.New(pstderr.BadCount, "issue response count %d exceeds the maximum batch size", n)
+		return nil, newError(BadCount, "issue response count %d exceeds the maximum batch size", n)
 	}
 	want := 2 + 4 + n*ElementSize + 2 + ProofSize
 	if len(b) != want {
-		return nil, pstderr.New(pstderr.Malformed, "issue response is %d bytes, want %d for count %d", len(b), want, n)
+		return nil, newError(Malformed, "issue response is %d bytes, want %d for count %d", len(b), want, n)
 	}
 	resp := &IssueResponse{KeyID: binary.BigEndian.Uint32(b[2:]), Evaluated: make([][]byte, n), points: make([]*nistec.P384Point, n)}
 	off := 6
@@ -86,13 +84,13 @@ func ParseIssueResponse(b []byte) (*IssueResponse, error) {
 		e := b[off : off+ElementSize]
 		p, err := parseElement(e)
 		if err != nil {
-			return nil, pstderr.New(pstderr.BadPoint, "evaluated element %d is not a valid point", i)
+			return nil, newError(BadPoint, "evaluated element %d is not a valid point", i)
 		}
 		resp.Evaluated[i], resp.points[i] = e, p
 		off += ElementSize
 	}
 	if binary.BigEndian.Uint16(b[off:]) != ProofSize {
-		return nil, pstderr.New(pstderr.Malformed, "proof length is not 96")
+		return nil, newError(Malformed, "proof length is not 96")
 	}
 	copy(resp.Proof[:], b[off+2:])
 	return resp, nil
@@ -108,13 +106,13 @@ type Token struct {
 // ParseToken parses a 165-byte token and checks that W is a valid point.
 func ParseToken(b []byte) (*Token, error) {
 	if len(b) != TokenSize {
-		return nil, pstderr.New(pstderr.Malformed, "token is %d bytes, want %d", len(b), TokenSize)
+		return nil, newError(Malformed, "token is %d bytes, want %d", len(b), TokenSize)
 	}
 	t := &Token{KeyID: binary.BigEndian.Uint32(b)}
 	copy(t.Nonce[:], b[4:4+NonceSize])
 	copy(t.W[:], b[4+NonceSize:])
 	if _, err := parseElement(t.W[:]); err != nil {
-		return nil, pstderr.New(pstderr.BadPoint, "token element W is not a valid point")
+		return nil, newError(BadPoint, "token element W is not a valid point")
 	}
 	return t, nil
 }
@@ -137,17 +135,17 @@ type RedeemRequest struct {
 // as bytes; ParseClientData decodes Chrome's CBOR form.
 func ParseRedeemRequest(b []byte) (*RedeemRequest, error) {
 	if len(b) > MaxRedeemRequestSize {
-		return nil, pstderr.New(pstderr.Malformed, "redemption request exceeds %d bytes", MaxRedeemRequestSize)
+		return nil, newError(Malformed, "redemption request exceeds %d bytes", MaxRedeemRequestSize)
 	}
 	if len(b) < 2 {
-		return nil, pstderr.New(pstderr.Malformed, "redemption request too short")
+		return nil, newError(Malformed, "redemption request too short")
 	}
 	tl := int(binary.BigEndian.Uint16(b))
 	if tl != TokenSize {
-		return nil, pstderr.New(pstderr.Malformed, "token length is %d, want %d", tl, TokenSize)
+		return nil, newError(Malformed, "token length is %d, want %d", tl, TokenSize)
 	}
 	if len(b) < 2+tl+2 {
-		return nil, pstderr.New(pstderr.Malformed, "redemption request truncated")
+		return nil, newError(Malformed, "redemption request truncated")
 	}
 	tok, err := ParseToken(b[2 : 2+tl])
 	if err != nil {
@@ -156,10 +154,10 @@ func ParseRedeemRequest(b []byte) (*RedeemRequest, error) {
 	rest := b[2+tl:]
 	cl := int(binary.BigEndian.Uint16(rest))
 	if cl > MaxClientDataSize {
-		return nil, pstderr.New(pstderr.Malformed, "client data exceeds %d bytes", MaxClientDataSize)
+		return nil, newError(Malformed, "client data exceeds %d bytes", MaxClientDataSize)
 	}
 	if len(rest) != 2+cl {
-		return nil, pstderr.New(pstderr.Malformed, "client data length does not match the request")
+		return nil, newError(Malformed, "client data length does not match the request")
 	}
 	return &RedeemRequest{Token: *tok, ClientData: append([]byte(nil), rest[2:]...)}, nil
 }
@@ -167,7 +165,7 @@ func ParseRedeemRequest(b []byte) (*RedeemRequest, error) {
 // MarshalRedeemRequest builds u16(165) || token || u16(len) || client_data.
 func MarshalRedeemRequest(t *Token, clientData []byte) ([]byte, error) {
 	if len(clientData) > MaxClientDataSize {
-		return nil, pstderr.New(pstderr.Malformed, "client data exceeds %d bytes", MaxClientDataSize)
+		return nil, newError(Malformed, "client data exceeds %d bytes", MaxClientDataSize)
 	}
 	out := make([]byte, 0, 2+TokenSize+2+len(clientData))
 	out = appendLenPrefixed(out, t.Marshal())

@@ -7,8 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"testing"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 func mustKey(t testing.TB, id uint32) *PrivateKey {
@@ -26,12 +24,12 @@ func flip(b []byte, i int) []byte {
 	return out
 }
 
-func wantKind(t *testing.T, name string, err error, k pstderr.Kind) {
+func wantKind(t *testing.T, name string, err error, k Kind) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("%s: no error, want %s", name, k)
 	}
-	if got := pstderr.KindOf(err); got != k {
+	if got, _ := KindOf(err); got != k {
 		t.Fatalf("%s: kind %s (%v), want %s", name, got, err, k)
 	}
 }
@@ -52,18 +50,18 @@ func TestIssueRequestRejections(t *testing.T) {
 	cases := []struct {
 		name string
 		in   []byte
-		kind pstderr.Kind
+		kind Kind
 	}{
-		{"empty", nil, pstderr.Malformed},
-		{"one byte", []byte{0}, pstderr.Malformed},
-		{"count 0", []byte{0, 0}, pstderr.BadCount},
-		{"count above 100", over, pstderr.BadCount},
-		{"truncated", good[:len(good)-1], pstderr.Malformed},
-		{"trailing byte", append(append([]byte(nil), good...), 0), pstderr.Malformed},
-		{"count says more", append([]byte{0, 4}, good[2:]...), pstderr.Malformed},
-		{"off curve", offCurve, pstderr.BadPoint},
-		{"compressed prefix", compressedForm, pstderr.BadPoint},
-		{"identity-like zero point", allZero, pstderr.BadPoint},
+		{"empty", nil, Malformed},
+		{"one byte", []byte{0}, Malformed},
+		{"count 0", []byte{0, 0}, BadCount},
+		{"count above 100", over, BadCount},
+		{"truncated", good[:len(good)-1], Malformed},
+		{"trailing byte", append(append([]byte(nil), good...), 0), Malformed},
+		{"count says more", append([]byte{0, 4}, good[2:]...), Malformed},
+		{"off curve", offCurve, BadPoint},
+		{"compressed prefix", compressedForm, BadPoint},
+		{"identity-like zero point", allZero, BadPoint},
 	}
 	for _, tc := range cases {
 		_, err := ParseIssueRequest(tc.in)
@@ -74,7 +72,7 @@ func TestIssueRequestRejections(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = sk.Issue(req, 0, rand.Reader)
-	wantKind(t, "max 0", err, pstderr.BadCount)
+	wantKind(t, "max 0", err, BadCount)
 	// A count above the configured batch size is capped, not refused.
 	resp, n, err := sk.Issue(req, 2, rand.Reader)
 	if err != nil || n != 2 || binary.BigEndian.Uint16(resp) != 2 {
@@ -102,16 +100,16 @@ func TestIssueResponseRejections(t *testing.T) {
 		name string
 		p    *Pending
 		in   []byte
-		kind pstderr.Kind
+		kind Kind
 	}{
-		{"tampered c", p, flip(resp, proofOff+3), pstderr.BadProof},
-		{"tampered s", p, flip(resp, proofOff+ScalarSize+3), pstderr.BadProof},
-		{"tampered Z (off curve)", p, flip(resp, 6+50), pstderr.BadPoint},
-		{"other key's evaluation", p, otherResp, pstderr.BadProof},
-		{"wrong key id", p, wrongID, pstderr.UnknownKey},
-		{"more tokens than requested", tooMany, resp, pstderr.BadCount},
-		{"truncated", p, resp[:len(resp)-1], pstderr.Malformed},
-		{"bad proof length", p, flip(resp, proofOff-1), pstderr.Malformed},
+		{"tampered c", p, flip(resp, proofOff+3), BadProof},
+		{"tampered s", p, flip(resp, proofOff+ScalarSize+3), BadProof},
+		{"tampered Z (off curve)", p, flip(resp, 6+50), BadPoint},
+		{"other key's evaluation", p, otherResp, BadProof},
+		{"wrong key id", p, wrongID, UnknownKey},
+		{"more tokens than requested", tooMany, resp, BadCount},
+		{"truncated", p, resp[:len(resp)-1], Malformed},
+		{"bad proof length", p, flip(resp, proofOff-1), Malformed},
 	}
 	for _, tc := range cases {
 		_, err := c.Finish(tc.p, tc.in)
@@ -122,7 +120,7 @@ func TestIssueResponseRejections(t *testing.T) {
 	copy(swapped[6:], resp[6+ElementSize:6+2*ElementSize])
 	copy(swapped[6+ElementSize:], resp[6:6+ElementSize])
 	_, err = c.Finish(p, swapped)
-	wantKind(t, "swapped elements", err, pstderr.BadProof)
+	wantKind(t, "swapped elements", err, BadProof)
 	if _, err := c.Finish(p, resp); err != nil {
 		t.Fatalf("untampered response rejected: %v", err)
 	}
@@ -150,18 +148,18 @@ func TestRedemptionRejections(t *testing.T) {
 	cases := []struct {
 		name string
 		in   []byte
-		kind pstderr.Kind
+		kind Kind
 	}{
-		{"empty", nil, pstderr.Malformed},
-		{"token length 164", append([]byte{0, 164}, good[2:]...), pstderr.Malformed},
-		{"truncated token", good[:100], pstderr.Malformed},
-		{"no client data length", good[:2+TokenSize+1], pstderr.Malformed},
-		{"client data truncated", good[:len(good)-1], pstderr.Malformed},
-		{"trailing byte", append(append([]byte(nil), good...), 1), pstderr.Malformed},
-		{"oversized", oversized, pstderr.Malformed},
-		{"unknown key id", unknown, pstderr.UnknownKey},
-		{"tampered nonce", flip(good, 2+4+10), pstderr.InvalidToken},
-		{"tampered W", flip(good, 2+4+NonceSize+60), pstderr.BadPoint},
+		{"empty", nil, Malformed},
+		{"token length 164", append([]byte{0, 164}, good[2:]...), Malformed},
+		{"truncated token", good[:100], Malformed},
+		{"no client data length", good[:2+TokenSize+1], Malformed},
+		{"client data truncated", good[:len(good)-1], Malformed},
+		{"trailing byte", append(append([]byte(nil), good...), 1), Malformed},
+		{"oversized", oversized, Malformed},
+		{"unknown key id", unknown, UnknownKey},
+		{"tampered nonce", flip(good, 2+4+10), InvalidToken},
+		{"tampered W", flip(good, 2+4+NonceSize+60), BadPoint},
 	}
 	for _, tc := range cases {
 		_, err := Redeem(keys, tc.in)
@@ -170,7 +168,7 @@ func TestRedemptionRejections(t *testing.T) {
 	// A valid token of another key with the same id does not verify.
 	wrongKey := mustKey(t, 9)
 	_, err = Redeem(mapKeys{9: wrongKey}, good)
-	wantKind(t, "same id, other key", err, pstderr.InvalidToken)
+	wantKind(t, "same id, other key", err, InvalidToken)
 
 	got, err := Redeem(keys, good)
 	if err != nil || !bytes.Equal(got.ClientData, cd) {
@@ -178,7 +176,7 @@ func TestRedemptionRejections(t *testing.T) {
 	}
 	sk.Wipe()
 	_, err = Redeem(keys, good)
-	wantKind(t, "wiped key", err, pstderr.Unavailable)
+	wantKind(t, "wiped key", err, KeyWiped)
 }
 
 func TestKeyRejections(t *testing.T) {
@@ -187,10 +185,10 @@ func TestKeyRejections(t *testing.T) {
 	cases := []struct {
 		name string
 		in   []byte
-		kind pstderr.Kind
+		kind Kind
 	}{
-		{"short", blob[:100], pstderr.Malformed},
-		{"off curve", flip(blob, 30), pstderr.BadPoint},
+		{"short", blob[:100], Malformed},
+		{"off curve", flip(blob, 30), BadPoint},
 	}
 	for _, tc := range cases {
 		_, err := ParsePublicKeyBlob(tc.in)
@@ -198,10 +196,10 @@ func TestKeyRejections(t *testing.T) {
 	}
 	zero := make([]byte, PrivateKeyBlobSize)
 	_, err := ParsePrivateKeyBlob(zero)
-	wantKind(t, "zero scalar", err, pstderr.Malformed)
+	wantKind(t, "zero scalar", err, Malformed)
 	n := append([]byte{0, 0, 0, 1}, orderBytes...)
 	_, err = ParsePrivateKeyBlob(n)
-	wantKind(t, "scalar n", err, pstderr.Malformed)
+	wantKind(t, "scalar n", err, Malformed)
 }
 
 func TestClientData(t *testing.T) {
@@ -233,7 +231,7 @@ func TestClientData(t *testing.T) {
 	}
 	for name, in := range bad {
 		_, err := ParseClientData(in)
-		if !errors.Is(err, pstderr.ErrMalformed) {
+		if !errors.Is(err, Malformed) {
 			t.Fatalf("%s: want Malformed, got %v", name, err)
 		}
 	}

@@ -14,8 +14,6 @@ import (
 	"testing"
 
 	"filippo.io/nistec"
-
-	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // The vectors are copies of BoringSSL-made transcripts kept in the
@@ -293,7 +291,7 @@ func TestClientRoundTrip(t *testing.T) {
 
 func TestErrorsAreTyped(t *testing.T) {
 	_, err := ParseIssueRequest([]byte{0})
-	if !errors.Is(err, pstderr.ErrMalformed) {
+	if !errors.Is(err, Malformed) {
 		t.Fatalf("want Malformed, got %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package app
+package wiring
 
 import (
 	"bufio"
@@ -67,7 +67,7 @@ func (e env) service(t *testing.T, c signer.Clock, migrate bool) (*signer.Servic
 	if err := h.EnsureKEK(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := signer.New(signer.Config{IssuerOrigin: "https://issuer.example", Clock: c}, StoreAdapter{store}, h)
+	svc, err := signer.New(signer.Config{IssuerOrigin: "https://issuer.example", Clock: c}, store, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestTwoYearsOfRotation(t *testing.T) {
 		if day%10 == 5 {
 			for _, h := range wallet {
 				if h.expiry.After(c.Now()) {
-					if err := redeem(s, h.tok, c.Now()); err != nil && !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+					if err := redeem(s, h.tok, c.Now()); err != nil && !errors.Is(err, pstderr.AlreadyRedeemed) {
 						t.Fatalf("day %d: token of key %d does not redeem: %v", day, h.tok.KeyID, err)
 					}
 				}
@@ -214,7 +214,7 @@ func TestRacingRotation(t *testing.T) {
 // TestImportVectorKey imports a BoringSSL vector's private key blob; the
 // vector's tokens then redeem through the service, and only once.
 func TestImportVectorKey(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "..", "testdata", "pst-vectors", "voprf.jsonl"))
+	f, err := os.Open(filepath.Join("..", "..", "..", "testdata", "pst-vectors", "voprf.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func TestImportVectorKey(t *testing.T) {
 		if err := redeem(s, *tok, c.Now()); err != nil {
 			t.Fatalf("vector token %d: %v", i, err)
 		}
-		if err := redeem(s, *tok, c.Now()); !errors.Is(err, pstderr.ErrAlreadyRedeemed) {
+		if err := redeem(s, *tok, c.Now()); !errors.Is(err, pstderr.AlreadyRedeemed) {
 			t.Fatalf("vector token %d redeemed twice: %v", i, err)
 		}
 	}

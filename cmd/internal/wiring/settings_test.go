@@ -1,9 +1,11 @@
-package app
+package wiring
 
 import (
 	"flag"
+	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -63,7 +65,7 @@ func TestValidateServeRefusesBadValues(t *testing.T) {
 	base := func() Settings {
 		var s Settings
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		s.Register(fs)
+		s.Register(fs, All)
 		_ = fs.Parse(nil)
 		s.DatabaseURL, s.PKCS11Module, s.PKCS11Token, s.PKCS11PINFile = "postgres://x@h/db", "/m.so", "t", "/pin"
 		return s
@@ -92,7 +94,7 @@ func TestValidateServeRefusesBadValues(t *testing.T) {
 func TestWarnings(t *testing.T) {
 	var s Settings
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	s.Register(fs)
+	s.Register(fs, All)
 	_ = fs.Parse(nil)
 	s.Listen = "0.0.0.0:8480"
 	w := strings.Join(s.Warnings(fs, []string{"PSTD_PKCS11_TOKEN=x", "PSTD_LISTEN=0.0.0.0:8480", "HOME=/root"}), "\n")
@@ -106,7 +108,7 @@ func TestWarnings(t *testing.T) {
 
 // The README's configuration table names every setting, and only those.
 func TestREADMEListsEverySetting(t *testing.T) {
-	b, err := os.ReadFile("../../README.md")
+	b, err := os.ReadFile("../../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,9 +121,9 @@ func TestREADMEListsEverySetting(t *testing.T) {
 	}
 	var s Settings
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	s.Register(fs)
+	s.Register(fs, All)
 	fs.VisitAll(func(f *flag.Flag) {
-		name := "PSTD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		name := EnvName(f.Name)
 		if !documented[name] {
 			t.Errorf("README's configuration table lacks %s", name)
 		}
@@ -129,5 +131,53 @@ func TestREADMEListsEverySetting(t *testing.T) {
 	})
 	for name := range documented {
 		t.Errorf("README documents %s, which is no setting", name)
+	}
+}
+
+// A command takes only the settings of the groups it registers: pstctl's
+// key listing knows no PKCS#11 or HTTP setting.
+func TestGroupsRegisterOnlyTheirSettings(t *testing.T) {
+	var s Settings
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	s.Register(fs, Database)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	if strings.Join(names, ",") != "database-url,database-url-file" {
+		t.Fatalf("Database group registers %v", names)
+	}
+	if err := fs.Parse([]string{"--pkcs11-module", "/m.so"}); err == nil {
+		t.Fatal("a database-only command accepted --pkcs11-module")
+	}
+}
+
+// PSTD_DATABASE_URL_FILE: the URL is read from the file, and exactly one of
+// the two settings is required.
+func TestDatabaseURLFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "url")
+	if err := os.WriteFile(path, []byte("postgres://u:secret@db.example:5432/pstd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := Settings{DatabaseURLFile: path}
+	u, err := s.databaseURL()
+	if err != nil || u != "postgres://u:secret@db.example:5432/pstd" {
+		t.Fatalf("databaseURL() = %q, %v", u, err)
+	}
+	s.DatabaseURL = "postgres://other"
+	if _, err := s.databaseURL(); err == nil {
+		t.Fatal("both settings accepted")
+	}
+	if _, err := (&Settings{}).databaseURL(); err == nil {
+		t.Fatal("neither setting accepted")
+	}
+	// The logged settings never show the file's content.
+	s = Settings{}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.Register(fs, Database)
+	if err := fs.Parse([]string{"--database-url-file", path}); err != nil {
+		t.Fatal(err)
+	}
+	if v := s.LogValue().String(); strings.Contains(v, "secret") || !strings.Contains(v, path) {
+		t.Fatalf("logged settings: %s", v)
 	}
 }

@@ -1,0 +1,345 @@
+// Package wiring is pstd's composition root, shared by the binaries in
+// cmd/: the settings (each a flag and a PSTD_* environment variable, defined
+// once here), and the code that opens the database and the HSM and builds the
+// issuer service from them. It is the only package besides cmd/ that knows
+// all of pstd's parts; it holds no behaviour of its own.
+package wiring
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pstd/pstd/httpapi"
+	"github.com/pstd/pstd/signer"
+	"github.com/pstd/pstd/signer/hsm"
+)
+
+// Settings are every setting the binaries take. Each is a flag and, through
+// ff, the environment variable PSTD_<FLAG NAME IN CAPITALS>; a command
+// registers only the groups it uses. The flag's default is the one source of
+// each default (taken from the package that owns the setting), and README.md's
+// configuration table is the one place that documents them
+// (TestREADMEListsEverySetting keeps the two together).
+type Settings struct {
+	DatabaseURL     string
+	DatabaseURLFile string
+	PKCS11Module    string
+	PKCS11Token     string
+	PKCS11PINFile   string
+	PKCS11PIN       string
+	PKCS11URI       string
+	IssuerOrigin    string
+	Listen          string
+	BatchSize       int
+	RecordLifetime  time.Duration
+	SigningPeriod   time.Duration
+	PublishLead     time.Duration
+	RedeemGrace     time.Duration
+	Migrate         bool
+	Demo            bool
+	RateLimit       int
+	RateWindow      time.Duration
+	TrustedProxies  string
+	AllowedOrigins  string
+	LogLevel        string
+	LogClientAddr   bool
+	RequestTimeout  time.Duration
+	ShutdownTimeout time.Duration
+
+	fs *flag.FlagSet // where the settings were registered
+}
+
+// Group is a set of settings a command can take.
+type Group uint
+
+const (
+	// Database: the PostgreSQL connection.
+	Database Group = 1 << iota
+	// HSM: the PKCS#11 module, token and PIN.
+	HSM
+	// Origin: the issuer's origin.
+	Origin
+	// Issuer: what the issuer service needs besides its origin (batch
+	// size, record lifetime, rotation).
+	Issuer
+	// Server: the HTTP listener, policies and timeouts of pstd serve.
+	Server
+	// Logging: the log level.
+	Logging
+
+	// All is every setting: pstd serve.
+	All = Database | HSM | Origin | Issuer | Server | Logging
+)
+
+// EnvName is the environment variable of flag name.
+func EnvName(flagName string) string {
+	return "PSTD_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Register adds the flags of groups to fs.
+func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
+	s.fs = fs
+	p := signer.DefaultRotationPolicy()
+	h := func(help, flagName string) string { return help + " (" + EnvName(flagName) + ")" }
+	if groups&Database != 0 {
+		fs.StringVar(&s.DatabaseURL, "database-url", "", h("PostgreSQL connection string", "database-url"))
+		fs.StringVar(&s.DatabaseURLFile, "database-url-file", "", h("file holding the PostgreSQL connection string, so a password need not sit in the environment", "database-url-file"))
+	}
+	if groups&HSM != 0 {
+		fs.StringVar(&s.PKCS11Module, "pkcs11-module", "", h("PKCS#11 module path", "pkcs11-module"))
+		fs.StringVar(&s.PKCS11Token, "pkcs11-token-label", "", h("PKCS#11 token label", "pkcs11-token-label"))
+		fs.StringVar(&s.PKCS11PINFile, "pkcs11-pin-file", "", h("file holding the token's user PIN", "pkcs11-pin-file"))
+		fs.StringVar(&s.PKCS11PIN, "pkcs11-pin", "", h("the token's user PIN; prefer the PIN file", "pkcs11-pin"))
+		fs.StringVar(&s.PKCS11URI, "pkcs11-uri", "", h("RFC 7512 PKCS#11 URI instead of module/label/PIN", "pkcs11-uri"))
+	}
+	if groups&Origin != 0 {
+		fs.StringVar(&s.IssuerOrigin, "issuer-origin", "http://localhost:8480", h("the issuer's origin, as browsers see it", "issuer-origin"))
+	}
+	if groups&Issuer != 0 {
+		fs.IntVar(&s.BatchSize, "batch-size", signer.DefaultBatchSize, h("the commitment's batchsize, at most 100", "batch-size"))
+		fs.DurationVar(&s.RecordLifetime, "record-lifetime", signer.DefaultRecordLifetime, h("how long a redemption record stays valid", "record-lifetime"))
+		fs.DurationVar(&s.SigningPeriod, "signing-period", p.SigningPeriod, h("how long each key signs, at least 60 days", "signing-period"))
+		fs.DurationVar(&s.PublishLead, "publish-lead", p.PublishLead, h("how long before it signs a new key is published", "publish-lead"))
+		fs.DurationVar(&s.RedeemGrace, "redeem-grace", p.RedeemGrace, h("how long tokens still redeem after their key stops signing", "redeem-grace"))
+	}
+	if groups&Server != 0 {
+		fs.StringVar(&s.Listen, "listen", "127.0.0.1:8480", h("listen address HOST:PORT", "listen"))
+		fs.BoolVar(&s.Migrate, "migrate", false, h("apply database migrations at start-up", "migrate"))
+		fs.BoolVar(&s.Demo, "demo", false, h("serve the demo issuer and relying-party pages", "demo"))
+		fs.IntVar(&s.RateLimit, "rate-limit", 0, h("issuance requests per client address per window; 0 allows all", "rate-limit"))
+		fs.DurationVar(&s.RateWindow, "rate-window", httpapi.DefaultRateWindow, h("window of the per-address rate limit", "rate-window"))
+		fs.StringVar(&s.TrustedProxies, "trusted-proxies", "", h("comma-separated CIDRs of reverse proxies whose X-Forwarded-For the rate limit believes", "trusted-proxies"))
+		fs.StringVar(&s.AllowedOrigins, "allowed-origins", "*", h("comma-separated origins allowed by CORS, or *", "allowed-origins"))
+		fs.BoolVar(&s.LogClientAddr, "log-client-addr", false, h("log client addresses (off: privacy)", "log-client-addr"))
+		fs.DurationVar(&s.RequestTimeout, "request-timeout", httpapi.DefaultRequestTimeout, h("upper bound on one request", "request-timeout"))
+		fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", httpapi.DefaultShutdownTimeout, h("how long in-flight requests may finish at shutdown", "shutdown-timeout"))
+	}
+	if groups&Logging != 0 {
+		fs.StringVar(&s.LogLevel, "log-level", "info", h("debug, info, warn or error", "log-level"))
+	}
+}
+
+// Policy returns the rotation policy the settings describe.
+func (s *Settings) Policy() signer.RotationPolicy {
+	return signer.RotationPolicy{SigningPeriod: s.SigningPeriod, PublishLead: s.PublishLead, RedeemGrace: s.RedeemGrace}
+}
+
+// ValidateServe checks what serving needs.
+func (s *Settings) ValidateServe() error {
+	var errs []error
+	if err := s.validateDatabase(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.validateHSM(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateOrigin(s.IssuerOrigin); err != nil {
+		errs = append(errs, fmt.Errorf("PSTD_ISSUER_ORIGIN: %w", err))
+	}
+	if s.BatchSize < 1 || s.BatchSize > 100 {
+		errs = append(errs, errors.New("PSTD_BATCH_SIZE must be in [1, 100]"))
+	}
+	if err := s.Policy().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := ParseLogLevel(s.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"PSTD_RECORD_LIFETIME", s.RecordLifetime}, {"PSTD_RATE_WINDOW", s.RateWindow},
+		{"PSTD_REQUEST_TIMEOUT", s.RequestTimeout}, {"PSTD_SHUTDOWN_TIMEOUT", s.ShutdownTimeout},
+	} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, not %v", d.name, d.v))
+		}
+	}
+	if s.RateLimit < 0 {
+		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))
+	}
+	if _, err := s.TrustedProxyPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
+	if s.AllowedOrigins != "*" && s.AllowedOrigins != "" {
+		for _, o := range strings.Split(s.AllowedOrigins, ",") {
+			if err := validateOrigin(o); err != nil {
+				errs = append(errs, fmt.Errorf("PSTD_ALLOWED_ORIGINS: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TrustedProxyPrefixes parses PSTD_TRUSTED_PROXIES.
+func (s *Settings) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range strings.Split(s.TrustedProxies, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("PSTD_TRUSTED_PROXIES: %q is not a CIDR prefix", c)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ParseLogLevel accepts debug, info, warn or error.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("PSTD_LOG_LEVEL %q is not debug, info, warn or error", s)
+}
+
+// Warnings are settings that work but that an operator should hear about:
+// environment variables that name no setting (a typo silently ignored
+// otherwise), and an http issuer origin on a listener beyond loopback.
+// PSTD_DEV_* and PSTD_TEST_* are reserved for the development scripts and
+// the tests, and never settings.
+func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
+	known := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { known[EnvName(f.Name)] = true })
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "PSTD_") && !known[name] &&
+			!strings.HasPrefix(name, "PSTD_DEV_") && !strings.HasPrefix(name, "PSTD_TEST_") {
+			out = append(out, fmt.Sprintf("environment variable %s is not a pstd setting (a typo?); it is ignored", name))
+		}
+	}
+	if strings.HasPrefix(s.IssuerOrigin, "http://") {
+		if host, _, err := net.SplitHostPort(s.Listen); err == nil && host != "127.0.0.1" && host != "localhost" && host != "::1" {
+			out = append(out, fmt.Sprintf("PSTD_ISSUER_ORIGIN is %s (plain http) while listening on %s: browsers accept PST issuers on http only for localhost", s.IssuerOrigin, s.Listen))
+		}
+	}
+	return out
+}
+
+func (s *Settings) validateDatabase() error {
+	switch {
+	case s.DatabaseURL == "" && s.DatabaseURLFile == "":
+		return errors.New("PSTD_DATABASE_URL or PSTD_DATABASE_URL_FILE is required")
+	case s.DatabaseURL != "" && s.DatabaseURLFile != "":
+		return errors.New("set PSTD_DATABASE_URL or PSTD_DATABASE_URL_FILE, not both")
+	}
+	return nil
+}
+
+// databaseURL returns the connection string, from the file if one is named.
+func (s *Settings) databaseURL() (string, error) {
+	if err := s.validateDatabase(); err != nil {
+		return "", err
+	}
+	if s.DatabaseURLFile == "" {
+		return s.DatabaseURL, nil
+	}
+	b, err := os.ReadFile(s.DatabaseURLFile)
+	if err != nil {
+		return "", fmt.Errorf("PSTD_DATABASE_URL_FILE: %w", err)
+	}
+	u := strings.TrimSpace(string(b))
+	if u == "" {
+		return "", fmt.Errorf("PSTD_DATABASE_URL_FILE: %s is empty", s.DatabaseURLFile)
+	}
+	return u, nil
+}
+
+func (s *Settings) validateHSM() error {
+	if s.PKCS11URI != "" {
+		return nil
+	}
+	var missing []string
+	if s.PKCS11Module == "" {
+		missing = append(missing, "PSTD_PKCS11_MODULE")
+	}
+	if s.PKCS11Token == "" {
+		missing = append(missing, "PSTD_PKCS11_TOKEN_LABEL")
+	}
+	if s.PKCS11PINFile == "" && s.PKCS11PIN == "" {
+		missing = append(missing, "PSTD_PKCS11_PIN_FILE or PSTD_PKCS11_PIN")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("HSM settings missing: %s (or set PSTD_PKCS11_URI)", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func validateOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return fmt.Errorf("%q is not an origin like https://issuer.example", o)
+	}
+	return nil
+}
+
+// LogValue prints the effective settings without secrets: every setting the
+// command registered, with the database URL reduced to host, user and
+// database, the PIN reduced to where it came from, and a PKCS#11 URI's
+// pin-value redacted.
+func (s *Settings) LogValue() slog.Value {
+	if s.fs == nil {
+		return slog.StringValue("(no settings registered)")
+	}
+	var attrs []slog.Attr
+	s.fs.VisitAll(func(f *flag.Flag) {
+		key := strings.ReplaceAll(f.Name, "-", "_")
+		v := f.Value.String()
+		switch f.Name {
+		case "database-url":
+			v = redactURL(s.DatabaseURL)
+		case "pkcs11-pin":
+			v = "unset"
+			if s.PKCS11PIN != "" {
+				v = "set"
+			}
+		case "pkcs11-uri":
+			if s.PKCS11URI != "" {
+				if u, err := hsm.ParseURI(s.PKCS11URI); err == nil {
+					v = u.String() // pin-value redacted
+				} else {
+					v = "(unparsable)"
+				}
+			}
+		}
+		attrs = append(attrs, slog.String(key, v))
+	})
+	return slog.GroupValue(attrs...)
+}
+
+// redactURL describes a connection string for logging: host, port, user
+// and database only. Passwords can hide in several places (user:pass@, a
+// ?password= parameter, a keyword string's password=, sslpassword), so
+// nothing else is printed.
+func redactURL(raw string) string {
+	if raw == "" {
+		return "unset"
+	}
+	cfg, err := pgconn.ParseConfig(raw)
+	if err != nil {
+		return "(unparsable)" // pgconn's error could quote the string
+	}
+	return fmt.Sprintf("postgres://%s@%s/%s", cfg.User, net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), cfg.Database)
+}

@@ -1,0 +1,75 @@
+package signer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pstd/pstd/signer/voprf"
+)
+
+// Defaults of the service's settings. The settings of the binaries take
+// these rather than repeating them.
+const (
+	DefaultBatchSize        = 10
+	DefaultRecordLifetime   = 7 * 24 * time.Hour
+	DefaultRefreshInterval  = 5 * time.Second
+	DefaultRotationInterval = time.Minute
+	DefaultActor            = "pstd"
+)
+
+// Config configures the issuer service. Zero fields take the defaults.
+type Config struct {
+	IssuerOrigin     string
+	BatchSize        int
+	RecordLifetime   time.Duration
+	Policy           RotationPolicy
+	Clock            Clock
+	RefreshInterval  time.Duration // how often replicas look for a new key set
+	RotationInterval time.Duration // how often the rotation policy runs
+	Logger           *slog.Logger
+	Actor            string // who the audit log names for automatic changes
+	// Registerer, if set, receives the service's metrics (HSM and
+	// database errors, the signing key, rotation outcomes).
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) setDefaults() error {
+	if c.IssuerOrigin == "" {
+		return errors.New("issuer origin is required")
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.BatchSize < 1 || c.BatchSize > voprf.MaxBatchSize {
+		return fmt.Errorf("batch size %d outside [1, %d]", c.BatchSize, voprf.MaxBatchSize)
+	}
+	if c.RecordLifetime == 0 {
+		c.RecordLifetime = DefaultRecordLifetime
+	}
+	if c.Policy == (RotationPolicy{}) {
+		c.Policy = DefaultRotationPolicy()
+	}
+	if err := c.Policy.Validate(); err != nil {
+		return err
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
+	}
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.RotationInterval == 0 {
+		c.RotationInterval = DefaultRotationInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Actor == "" {
+		c.Actor = DefaultActor
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package signer
+
+import (
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are what the service measures: failures of its two dependencies,
+// the key that signs, and the rotation loop. They are registered on the
+// Registerer the caller injects (never the global one); without one they
+// count into collectors nobody reads. No label carries a token, a record or
+// a client.
+type metrics struct {
+	hsmErrors    prometheus.Counter
+	dbErrors     prometheus.Counter
+	keyEpoch     prometheus.Gauge
+	keyExpiry    prometheus.Gauge
+	rotationErrs prometheus.Counter
+	rotatedAt    prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		hsmErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "hsm_errors_total",
+			Help: "Failed HSM operations.",
+		}),
+		dbErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "db_errors_total",
+			Help: "Failed database operations.",
+		}),
+		keyEpoch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "key_epoch",
+			Help: "Key id of the VOPRF key currently signing.",
+		}),
+		keyExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "signing_key_expiry_timestamp_seconds",
+			Help: "When the VOPRF key currently signing expires (Unix time): alert well before it passes with no successor.",
+		}),
+		rotationErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "rotation_errors_total",
+			Help: "Failed runs of the rotation policy or of the key-set reload.",
+		}),
+		rotatedAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "rotation_last_success_timestamp_seconds",
+			Help: "When this replica last ran the rotation policy successfully (Unix time).",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var errs []error
+	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt} {
+		if err := reg.Register(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return m, errors.Join(errs...)
+}
+
+func (m *metrics) signingKey(keyID uint32, expiry time.Time) {
+	m.keyEpoch.Set(float64(keyID))
+	m.keyExpiry.Set(float64(expiry.Unix()))
+}
+
+func (m *metrics) rotationDone(at time.Time, err error) {
+	if err != nil {
+		m.rotationErrs.Inc()
+		return
+	}
+	m.rotatedAt.Set(float64(at.Unix()))
+}

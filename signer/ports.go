@@ -1,0 +1,57 @@
+package signer
+
+import (
+	"context"
+	"crypto"
+	"time"
+
+	"github.com/pstd/pstd/db"
+)
+
+// Custody is what the service needs from the HSM. signer/hsm implements it
+// over PKCS#11; the interface keeps the service testable with a double and
+// the PKCS#11 surface in one package.
+type Custody interface {
+	Seal(plaintext, aad []byte) ([]byte, error)
+	Unseal(sealed, aad []byte) ([]byte, error)
+	Random(n int) ([]byte, error)
+	GenerateRRKey(ctx context.Context, id string) (crypto.Signer, error)
+	FindRRKey(ctx context.Context, id string) (crypto.Signer, error)
+	// FindKEK reports whether the key-encryption key is on the token;
+	// EnsureKEK creates it if it is not. CurrentKEKLabel names the one
+	// Seal uses, for the key epoch's row.
+	FindKEK(ctx context.Context) (bool, error)
+	EnsureKEK(ctx context.Context) error
+	CurrentKEKLabel() string
+	Ping(ctx context.Context) error
+}
+
+// Store is what the service needs from the database. *db.Store implements
+// it; the service works with db's row types directly.
+type Store interface {
+	Ping(ctx context.Context) error
+	KeyEpochs(ctx context.Context) ([]db.KeyEpoch, error) // not retired
+	NextKeyID(ctx context.Context) (uint32, error)
+	CreateKeyEpoch(ctx context.Context, e db.KeyEpoch, actor string) error
+	RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) error
+	LatestCommitment(ctx context.Context) (id uint64, keyIDs []uint32, body []byte, err error)
+	KeySetVersion(ctx context.Context) (uint64, error) // latest commitment id, cheap to poll
+	PublishCommitment(ctx context.Context, keyIDs []uint32, build func(id uint64) ([]byte, error), actor string) (id uint64, changed bool, err error)
+	RRKeys(ctx context.Context) ([]db.RRKey, error)
+	CreateRRKey(ctx context.Context, k db.RRKey, actor string) error
+	RetireRRKey(ctx context.Context, id string, notAfter time.Time, actor string) error
+	// RecordRedemption commits r durably; beforeCommit runs after the
+	// insert and before the commit, and its error rolls the insert back.
+	RecordRedemption(ctx context.Context, r db.Redemption, beforeCommit func() error) error
+	// DropExpiredRedemptionPartitions drops the double-spend rows of
+	// retired, expired keys, which can never redeem again.
+	DropExpiredRedemptionPartitions(ctx context.Context, actor string) ([]uint32, error)
+	WithRotationLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
+	WithProvisionLock(ctx context.Context, fn func(ctx context.Context) error) error
+	AppendAudit(ctx context.Context, e db.Event) (int64, error)
+}
+
+// epochTimes is a stored epoch's policy view.
+func epochTimes(e db.KeyEpoch) KeyTimes {
+	return KeyTimes{KeyID: e.KeyID, NotBefore: e.NotBefore, Expiry: e.Expiry}
+}
