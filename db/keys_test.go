@@ -206,7 +206,7 @@ func TestRRKeys(t *testing.T) {
 	}
 	notAfter := time.Now().Add(8 * 24 * time.Hour).UTC().Truncate(time.Second)
 	// Rotate atomically: retire and create in one transaction.
-	err := s.InTx(ctx, func(ctx context.Context) error {
+	err := s.runInTx(ctx, func(ctx context.Context) error {
 		if err := s.RetireRRKey(ctx, "rr-1", notAfter, "op"); err != nil {
 			return err
 		}

@@ -130,7 +130,7 @@ func TestRedemptionIgnoresCallerTransaction(t *testing.T) {
 	s, _ := newStore(t)
 	k := mustCreateKey(t, s)
 	r := redemption(t, k)
-	err := s.InTx(ctx, func(ctx context.Context) error {
+	err := s.runInTx(ctx, func(ctx context.Context) error {
 		if err := s.RecordRedemption(ctx, r, nil); err != nil {
 			return err
 		}
@@ -182,7 +182,7 @@ func TestDropExpiredRedemptions(t *testing.T) {
 	if err := s.RetireKeyEpoch(ctx, expired, "op"); err != nil {
 		t.Fatal(err)
 	}
-	err = s.InTx(ctx, func(ctx context.Context) error {
+	err = s.runInTx(ctx, func(ctx context.Context) error {
 		_, _, err := s.DropExpiredRedemptions(ctx, expired, "op")
 		return err
 	})

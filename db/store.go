@@ -162,12 +162,12 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(ctx context.Context
 	return wrap(op+": commit", tx.Commit(ctx))
 }
 
-// InTx runs fn in one transaction and commits if fn returns nil. Every Store
+// runInTx runs fn in one transaction and commits if fn returns nil. Every Store
 // method called with fn's context joins the transaction (writes nest as
 // savepoints), except RecordRedemption, which always commits on its own, and
 // DropExpiredRedemptions, which refuses. The context's transaction must not
 // be used from more than one goroutine at a time.
-func (s *Store) InTx(ctx context.Context, fn func(ctx context.Context) error) error {
+func (s *Store) runInTx(ctx context.Context, fn func(ctx context.Context) error) error {
 	return s.inTx(ctx, "transaction", func(ctx context.Context, _ pgx.Tx) error { return fn(ctx) })
 }
 

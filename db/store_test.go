@@ -222,7 +222,7 @@ func TestInTxNestedWritesUseSavepoints(t *testing.T) {
 	ctx := context.Background()
 	s, _ := newStore(t)
 	now := time.Now()
-	err := s.InTx(ctx, func(ctx context.Context) error {
+	err := s.runInTx(ctx, func(ctx context.Context) error {
 		if err := s.CreateKeyEpoch(ctx, epoch(t, 5, now, now.Add(time.Hour)), "op"); err != nil {
 			return err
 		}

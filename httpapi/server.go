@@ -24,7 +24,7 @@ type Issuer interface {
 	BatchSize() int
 	// Issue signs a raw (base64-decoded) issue request, issuing at most max tokens; returns the raw issue response and how many were issued.
 	Issue(ctx context.Context, request []byte, max int) (response []byte, issued int, err error)
-	// Redeem checks a raw redemption request, durably records the redemption, and returns the redemption record (a compact JWS string) and its lifetime.
+	// Redeem checks a raw redemption request, durably records the redemption, and only then returns the redemption record (a compact JWS string).
 	Redeem(ctx context.Context, request []byte) (record string, err error)
 	// JWKS returns the JSON Web Key Set of the redemption-record keys.
 	JWKS(ctx context.Context) ([]byte, error)

@@ -214,7 +214,7 @@ func root(out io.Writer) *ffcli.Command {
 				return store.Migrate(ctx)
 			}),
 			keys,
-			cmd("commitment", "commitment [--chromium]", "print the key commitment", wiring.Database, func(fs *flag.FlagSet) {
+			cmd("commitment", "commitment [--chromium]", "print the key commitment", wiring.Database|wiring.Origin, func(fs *flag.FlagSet) {
 				fs.BoolVar(&chromium, "chromium", false, "print the value of Chrome's --additional-private-state-token-key-commitments switch")
 			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				store, err := wiring.OpenStore(ctx, s, quietLogger())

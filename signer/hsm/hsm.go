@@ -135,8 +135,8 @@ func (h *HSM) reopen() error {
 	return h.reconnect(seen, true)
 }
 
-// Reconnects returns how many times the HSM restored a lost connection.
-func (h *HSM) Reconnects() uint64 { return h.reconnects.Load() }
+// reconnectCount returns how many times the HSM restored a lost connection.
+func (h *HSM) reconnectCount() uint64 { return h.reconnects.Load() }
 
 // reconnect replaces connection generation seen (0: none) with a new one.
 // Without force it honours the backoff, so a dead token costs one login

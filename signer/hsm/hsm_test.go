@@ -188,8 +188,8 @@ func TestReconnectAfterSessionLoss(t *testing.T) {
 	if _, err := h.Unseal(sealed, nil); err != nil {
 		t.Fatalf("Unseal across a session loss: %v", err)
 	}
-	if tok.dials != 2 || h.Reconnects() != 1 {
-		t.Fatalf("dials %d, reconnects %d", tok.dials, h.Reconnects())
+	if tok.dials != 2 || h.reconnectCount() != 1 {
+		t.Fatalf("dials %d, reconnects %d", tok.dials, h.reconnectCount())
 	}
 	tok.loseSessions()
 	d := sha256.Sum256([]byte("m"))
@@ -241,8 +241,8 @@ func TestReconnectBackoff(t *testing.T) {
 	if _, err := h.Random(8); err != nil {
 		t.Fatalf("after backoff: %v", err)
 	}
-	if tok.dials != 3 || h.Reconnects() != 1 {
-		t.Fatalf("dials %d, reconnects %d", tok.dials, h.Reconnects())
+	if tok.dials != 3 || h.reconnectCount() != 1 {
+		t.Fatalf("dials %d, reconnects %d", tok.dials, h.reconnectCount())
 	}
 	h.mu.Lock()
 	b := h.backoff
@@ -410,11 +410,11 @@ func TestStaleHandleReconnectsOnlyWhenSessionLost(t *testing.T) {
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
 		t.Fatalf("Sign after a lost login: %v", err)
 	}
-	if h.Reconnects() != 1 {
-		t.Fatalf("reconnects = %d, want 1", h.Reconnects())
+	if h.reconnectCount() != 1 {
+		t.Fatalf("reconnects = %d, want 1", h.reconnectCount())
 	}
 	// Deleted key: the handle is stale but the connection is fine.
-	if err := h.DeleteRRKey(ctx, "rr-1"); err != nil {
+	if err := h.deleteRRKey(ctx, "rr-1"); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
@@ -422,8 +422,8 @@ func TestStaleHandleReconnectsOnlyWhenSessionLost(t *testing.T) {
 			t.Fatal("a deleted key signed")
 		}
 	}
-	if h.Reconnects() != 1 {
-		t.Fatalf("reconnects = %d after signing with a deleted key, want 1", h.Reconnects())
+	if h.reconnectCount() != 1 {
+		t.Fatalf("reconnects = %d after signing with a deleted key, want 1", h.reconnectCount())
 	}
 }
 

@@ -88,9 +88,9 @@ func (h *HSM) FindRRKey(ctx context.Context, id string) (crypto.Signer, error) {
 	return rs, nil
 }
 
-// DeleteRRKey destroys both halves of redemption-record key id, or returns
+// deleteRRKey destroys both halves of redemption-record key id, or returns
 // ErrKeyNotFound. Signers already returned for it stop working.
-func (h *HSM) DeleteRRKey(ctx context.Context, id string) error {
+func (h *HSM) deleteRRKey(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}

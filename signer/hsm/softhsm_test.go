@@ -336,7 +336,7 @@ func TestSoftHSMRRKeySignsAndVerifies(t *testing.T) {
 	if _, err := h.FindRRKey(ctx, "rr-2"); !errors.Is(err, ErrKeyNotFound) {
 		t.Fatalf("FindRRKey(rr-2): %v, want ErrKeyNotFound", err)
 	}
-	if err := h.DeleteRRKey(ctx, "rr-1"); err != nil {
+	if err := h.deleteRRKey(ctx, "rr-1"); err != nil {
 		t.Fatalf("DeleteRRKey: %v", err)
 	}
 	if n := len(r.find(t, pkcs11.CKO_PRIVATE_KEY, RRKeyLabel("rr-1"))) + len(r.find(t, pkcs11.CKO_PUBLIC_KEY, RRKeyLabel("rr-1"))); n != 0 {
@@ -345,13 +345,13 @@ func TestSoftHSMRRKeySignsAndVerifies(t *testing.T) {
 	if _, err := h.FindRRKey(ctx, "rr-1"); !errors.Is(err, ErrKeyNotFound) {
 		t.Fatalf("FindRRKey after delete: %v", err)
 	}
-	if err := h.DeleteRRKey(ctx, "rr-1"); !errors.Is(err, ErrKeyNotFound) {
+	if err := h.deleteRRKey(ctx, "rr-1"); !errors.Is(err, ErrKeyNotFound) {
 		t.Fatalf("second DeleteRRKey: %v", err)
 	}
 	if _, err := s.Sign(nil, digest[:], crypto.SHA256); err == nil {
 		t.Fatal("a deleted key still signs")
 	}
-	if n := h.Reconnects(); n != 0 {
+	if n := h.reconnectCount(); n != 0 {
 		t.Fatalf("%d reconnects; a deleted key is not a lost session", n)
 	}
 }
@@ -436,7 +436,7 @@ func TestSoftHSMMissingToken(t *testing.T) {
 	if err := h.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := h.Reconnects(); n != 0 {
+	if n := h.reconnectCount(); n != 0 {
 		t.Fatalf("the open HSM lost its session (%d reconnects)", n)
 	}
 }
@@ -539,8 +539,8 @@ func TestSoftHSMSessionLossAndReconnect(t *testing.T) {
 	if err := h.Ping(ctx); err != nil {
 		t.Fatalf("Ping after session loss: %v", err)
 	}
-	if h.Reconnects() != 1 {
-		t.Fatalf("Reconnects = %d, want 1", h.Reconnects())
+	if h.reconnectCount() != 1 {
+		t.Fatalf("Reconnects = %d, want 1", h.reconnectCount())
 	}
 	d := sha256.Sum256([]byte("after"))
 	sig, err := s.Sign(nil, d[:], crypto.SHA256)
@@ -559,8 +559,8 @@ func TestSoftHSMSessionLossAndReconnect(t *testing.T) {
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
 		t.Fatalf("Sign across a session loss: %v", err)
 	}
-	if h.Reconnects() != 2 {
-		t.Fatalf("Reconnects = %d, want 2", h.Reconnects())
+	if h.reconnectCount() != 2 {
+		t.Fatalf("Reconnects = %d, want 2", h.reconnectCount())
 	}
 	if err := h.reopen(); err != nil {
 		t.Fatalf("Reopen: %v", err)

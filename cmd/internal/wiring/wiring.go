@@ -36,8 +36,11 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 		return hsm.Config{}, err
 	}
 	var cfg hsm.Config
-	// Whatever happens below, this process keeps no copy of the PIN in its
-	// settings or its environment (children, crash dumps, /proc/self/environ).
+	// Whatever happens below, the settings and Go's copy of the environment
+	// (what child processes inherit) keep no copy of the PIN. This does not
+	// reach the environment block the kernel shows in /proc/PID/environ,
+	// which holds the variables the process started with: give the PIN in a
+	// file (PSTD_PKCS11_PIN_FILE) rather than in PSTD_PKCS11_PIN.
 	defer func() {
 		s.PKCS11PIN = ""
 		_ = os.Unsetenv("PSTD_PKCS11_PIN")

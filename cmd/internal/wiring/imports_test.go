@@ -1,0 +1,91 @@
+package wiring
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pstd/pstd"
+
+// TestImportGraph holds the boundaries of docs/ARCHITECTURE.md against the
+// import graph that go list reports: every "must not" there is a test here.
+func TestImportGraph(t *testing.T) {
+	cmd := exec.Command("go", "list", "-json=ImportPath,Imports", module+"/...")
+	cmd.Dir = "../../.."
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	imports := map[string][]string{} // package -> pstd packages it imports
+	dec := json.NewDecoder(out)
+	for {
+		var p struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range p.Imports {
+			if strings.HasPrefix(i, module) {
+				imports[strings.TrimPrefix(p.ImportPath, module+"/")] = append(imports[strings.TrimPrefix(p.ImportPath, module+"/")], strings.TrimPrefix(i, module+"/"))
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if len(imports) < 5 {
+		t.Fatalf("go list found too few packages: %v", imports)
+	}
+	// The parts a composition root wires together.
+	wired := []string{"db", "signer", "signer/hsm", "httpapi"}
+	isRoot := func(p string) bool { return strings.HasPrefix(p, "cmd/") }
+	for pkg, deps := range imports {
+		var parts []string
+		for _, d := range deps {
+			if slices.Contains(wired, d) {
+				parts = append(parts, d)
+			}
+		}
+		if len(parts) > 1 && !isRoot(pkg) && pkg != "signer" && !strings.HasPrefix(pkg, "e2e") {
+			t.Errorf("%s imports %v: only cmd/ and its composition root wire parts together", pkg, parts)
+		}
+		for _, d := range deps {
+			if d == "cmd/internal/wiring" && !isRoot(pkg) {
+				t.Errorf("%s imports the composition root", pkg)
+			}
+		}
+	}
+	mustNot := map[string][]string{
+		"signer/voprf":     {"*"},
+		"internal/pstderr": {"*"},
+		"rp":               {"signer", "signer/hsm", "signer/voprf", "db", "httpapi", "internal/pstderr"},
+		"httpapi":          {"db", "signer", "signer/hsm"},
+		"signer":           {"signer/hsm", "httpapi"},
+		"signer/hsm":       {"db", "httpapi", "signer"},
+		"db":               {"signer", "signer/hsm", "httpapi"},
+	}
+	for pkg, banned := range mustNot {
+		for _, d := range imports[pkg] {
+			if slices.Contains(banned, "*") || slices.Contains(banned, d) {
+				t.Errorf("%s must not import %s", pkg, d)
+			}
+		}
+	}
+	// No leaf package shares a folder with the composition root.
+	for pkg := range imports {
+		if strings.HasPrefix(pkg, "cmd/internal/") && pkg != "cmd/internal/wiring" {
+			t.Errorf("%s sits beside the composition root", pkg)
+		}
+	}
+}
