@@ -110,6 +110,7 @@ func (m *memCustody) Ping(context.Context) error {
 
 type memStore struct {
 	failCreateRR bool
+	redeemErr    error // RecordRedemption fails with this before inserting
 	signs        int // record signatures requested through RecordRedemption
 	mu           sync.Mutex
 	epochs       map[uint32]db.KeyEpoch
@@ -230,6 +231,9 @@ func (m *memStore) RetireRRKey(_ context.Context, id string, notAfter time.Time,
 func (m *memStore) RecordRedemption(_ context.Context, r db.Redemption, sign func() error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.redeemErr != nil {
+		return m.redeemErr
+	}
 	var k [36]byte
 	k[0], k[1], k[2], k[3] = byte(r.KeyID>>24), byte(r.KeyID>>16), byte(r.KeyID>>8), byte(r.KeyID)
 	copy(k[4:], r.NonceHash[:])
@@ -613,5 +617,38 @@ func TestServiceMetrics(t *testing.T) {
 	// A second service on the same registry is a programming error.
 	if _, err := New(Config{IssuerOrigin: "https://issuer.example", Registerer: reg}, st, cu); err == nil {
 		t.Error("a second service registered the same metrics")
+	}
+}
+
+// A database error that is a bug (a plain error from db) is internal: it
+// stays a 500 and does not turn into a 503 that would flap readiness; an
+// outage (pstderr Unavailable from db) is Unavailable. Neither spends the
+// token or returns a record.
+func TestDatabaseErrorClassification(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, st, _ := newService(t, clock)
+	ctx := context.Background()
+	if _, err := s.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tok := issueToken(t, s)
+	st.redeemErr = errors.New("db: record redemption: column \"x\" does not exist (SQLSTATE 42703)")
+	rec, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t))
+	if _, ok := pstderr.KindOf(err); ok || err == nil || rec != "" {
+		t.Fatalf("a database bug: record %q, err %v; want a plain (internal) error", rec, err)
+	}
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("a database bug made the service not ready: %v", err)
+	}
+	st.redeemErr = pstderr.Wrap(pstderr.Unavailable, errors.New("conn closed"), "database unavailable")
+	if rec, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); !errors.Is(err, pstderr.Unavailable) || rec != "" {
+		t.Fatalf("a database outage: record %q, err %v; want Unavailable", rec, err)
+	}
+	st.redeemErr = nil
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); err != nil {
+		t.Fatalf("the token was spent by a failed redemption: %v", err)
 	}
 }
