@@ -111,7 +111,7 @@ func (m *memCustody) Ping(context.Context) error {
 type memStore struct {
 	failCreateRR bool
 	redeemErr    error // RecordRedemption fails with this before inserting
-	signs        int // record signatures requested through RecordRedemption
+	signs        int   // record signatures requested through RecordRedemption
 	mu           sync.Mutex
 	epochs       map[uint32]db.KeyEpoch
 	retired      map[uint32]bool
