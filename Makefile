@@ -31,8 +31,12 @@ FUZZTIME ?= 50000x
 
 all: build
 
+# VCS stamping (pstd --version, pstd_build_info) whenever this is a git
+# checkout, whatever GOFLAGS says; a source tarball builds without it.
+BUILDVCS := $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo true || echo false)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -buildvcs=$(BUILDVCS) -o $(BIN)/ ./cmd/...
 
 # Debian packages for the dev/test stack (softhsm2, postgresql, chromium), only if missing.
 deps:

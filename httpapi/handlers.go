@@ -63,12 +63,18 @@ func (s *Server) registerRoutes() {
 	e.Match([]string{http.MethodGet, http.MethodPost}, PathIssuance, s.issuance)
 	e.Match([]string{http.MethodGet, http.MethodPost}, PathRedemption, s.redemption)
 	e.Match([]string{http.MethodGet, http.MethodHead}, PathJWKS, s.jwks)
+	s.registerProbes(e, !s.cfg.SeparateAdmin)
+}
+
+// registerProbes mounts the liveness and readiness probes and, with
+// metrics set, /metrics on e.
+func (s *Server) registerProbes(e *echo.Echo, metrics bool) {
 	e.Match([]string{http.MethodGet, http.MethodHead}, PathHealthz, func(c echo.Context) error {
 		c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
 		return c.String(http.StatusOK, "ok\n")
 	})
 	e.Match([]string{http.MethodGet, http.MethodHead}, PathReadyz, s.readyz)
-	if s.cfg.Gatherer != nil {
+	if metrics && s.cfg.Gatherer != nil {
 		e.GET(PathMetrics, echo.WrapHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})))
 	}
 }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +60,19 @@ type Config struct {
 	// ShutdownTimeout is how long Run lets in-flight requests finish once
 	// its context ends (default 20 s); then the connections are closed.
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long the listeners keep serving once the
+	// context ends, with /readyz already failing, so a load balancer stops
+	// sending new requests before connections close (default 0).
+	ShutdownDelay time.Duration
+
+	// TLS, if set, makes the public listener speak TLS (HTTP/2 offered by
+	// ALPN). Its GetCertificate may reload certificates; see CertReloader.
+	TLS *tls.Config
+	// SeparateAdmin serves /metrics only on the admin handler
+	// (AdminHandler), which the caller serves on its own listener; the
+	// public listener then answers /metrics with 404. /healthz and
+	// /readyz stay on both.
+	SeparateAdmin bool
 
 	// AllowedOrigins are the origins CORS lets read responses and that may
 	// run issuance and redemption from a cross-origin page. Empty, or
@@ -159,6 +173,7 @@ type Server struct {
 	cfg         Config
 	iss         Issuer
 	echo        *echo.Echo
+	admin       *echo.Echo // the probes and /metrics, for the admin listener
 	metrics     *metrics
 	ready       *readiness
 	cors        corsPolicy
@@ -205,6 +220,13 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 	e.Use(s.requestLog, s.recoverPanics, s.securityHeaders, s.corsMiddleware, s.limits)
 	s.echo = e
 	s.registerRoutes()
+	admin := echo.New()
+	admin.HideBanner, admin.HidePort = true, true
+	admin.Logger.SetOutput(io.Discard)
+	admin.HTTPErrorHandler = e.HTTPErrorHandler
+	admin.Use(s.requestLog, s.recoverPanics, s.securityHeaders)
+	s.registerProbes(admin, true)
+	s.admin = admin
 	for _, r := range s.extraRoutes {
 		r(e)
 	}
@@ -213,6 +235,10 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 	}
 	return s
 }
+
+// AdminHandler serves /healthz, /readyz and /metrics, for a listener of
+// their own that only the monitoring network reaches (Config.SeparateAdmin).
+func (s *Server) AdminHandler() http.Handler { return s.admin }
 
 // Handler is the API as an http.Handler.
 func (s *Server) Handler() http.Handler { return s.echo }
@@ -226,31 +252,40 @@ func (s *Server) CheckReady(ctx context.Context) error { return s.ready.probe(ct
 // it; callers that serve Handler themselves should run it too.
 func (s *Server) WatchReadiness(ctx context.Context) { s.ready.watch(ctx) }
 
-// Run listens on addr and serves until ctx ends, then shuts down gracefully.
-func (s *Server) Run(ctx context.Context, addr string) error {
+// Run listens on addr (and on adminAddr for AdminHandler, unless it is
+// empty) and serves until ctx ends, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context, addr, adminAddr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	return s.Serve(ctx, ln)
+	var admin net.Listener
+	if adminAddr != "" {
+		if admin, err = net.Listen("tcp", adminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	return s.ServeAll(ctx, ln, admin)
 }
 
-// Serve serves on ln until ctx ends. Then it reports not-ready, stops
+// Serve serves on ln until ctx ends; see ServeAll.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error { return s.ServeAll(ctx, ln, nil) }
+
+// ServeAll serves the API on ln (with TLS when Config.TLS is set) and, if
+// admin is not nil, AdminHandler on admin, until ctx ends. Then it reports
+// not-ready, keeps serving for ShutdownDelay so load balancers notice, stops
 // accepting connections and lets in-flight requests finish for up to
 // ShutdownTimeout before closing what is left. It returns nil after a clean
 // shutdown.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.echo,
-		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		// The PST endpoints have no body to read: the whole request is due
-		// shortly after its headers.
-		ReadTimeout:    s.cfg.ReadHeaderTimeout + s.cfg.RequestTimeout,
-		WriteTimeout:   s.cfg.RequestTimeout + 5*time.Second,
-		IdleTimeout:    s.cfg.IdleTimeout,
-		MaxHeaderBytes: s.cfg.MaxHeaderBytes,
-		ErrorLog:       slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
-		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
+	srv := s.httpServer(ctx, s.echo)
+	var adminSrv *http.Server
+	if admin != nil {
+		adminSrv = s.httpServer(ctx, s.AdminHandler())
+	}
+	if s.cfg.TLS != nil {
+		srv.TLSConfig = s.cfg.TLS.Clone()
 	}
 	probeCtx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
@@ -259,27 +294,55 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); s.ready.watch(probeCtx) }()
 	defer wg.Wait()
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()))
+	serveErr := make(chan error, 2)
+	go func() {
+		if srv.TLSConfig != nil {
+			serveErr <- srv.ServeTLS(ln, "", "") // certificates come from TLSConfig
+		} else {
+			serveErr <- srv.Serve(ln)
+		}
+	}()
+	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()), slog.Bool("tls", srv.TLSConfig != nil))
+	if adminSrv != nil {
+		go func() { serveErr <- adminSrv.Serve(admin) }()
+		s.cfg.Logger.Info("serving admin endpoints", slog.String("listen", admin.Addr().String()))
+	}
 
 	select {
 	case err := <-serveErr:
+		srv.Close()
+		if adminSrv != nil {
+			adminSrv.Close()
+		}
 		return err
 	case <-ctx.Done():
 	}
 	s.ready.draining.Store(true)
 	s.metrics.setReady(false)
+	if d := s.cfg.ShutdownDelay; d > 0 {
+		s.cfg.Logger.Info("not ready; serving on while load balancers notice", slog.Duration("delay", d))
+		time.Sleep(d)
+	}
 	s.cfg.Logger.Info("shutting down", slog.Duration("grace", s.cfg.ShutdownTimeout))
 	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
-	err := srv.Shutdown(shutCtx)
-	if err != nil {
-		_ = srv.Close()
-		err = fmt.Errorf("graceful shutdown: %w", err)
+	servers := []*http.Server{srv}
+	if adminSrv != nil {
+		servers = append(servers, adminSrv)
 	}
-	if serr := <-serveErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = serr
+	var err error
+	for _, hs := range servers {
+		if serr := hs.Shutdown(shutCtx); serr != nil {
+			_ = hs.Close()
+			if err == nil {
+				err = fmt.Errorf("graceful shutdown: %w", serr)
+			}
+		}
+	}
+	for range servers {
+		if serr := <-serveErr; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+			err = serr
+		}
 	}
 	// A request that timed out leaves its issuer call running; the caller
 	// wipes keys once Serve returns, so wait for those calls too, within
@@ -293,6 +356,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.cfg.Logger.Info("stopped")
 	return err
+}
+
+func (s *Server) httpServer(ctx context.Context, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		// The PST endpoints have no body to read: the whole request is due
+		// shortly after its headers.
+		ReadTimeout:    s.cfg.ReadHeaderTimeout + s.cfg.RequestTimeout,
+		WriteTimeout:   s.cfg.RequestTimeout + 5*time.Second,
+		IdleTimeout:    s.cfg.IdleTimeout,
+		MaxHeaderBytes: s.cfg.MaxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn),
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
 }
 
 // routeLabel is the route template of c, or "unmatched" (so neither logs

@@ -28,6 +28,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3"
 
+	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/signer/voprf"
 )
 
@@ -57,9 +58,17 @@ func main() {
 	fs.IntVar(&cfg.requests, "requests", 1000, "requests per phase (prepared before timing)")
 	fs.DurationVar(&cfg.duration, "duration", 60*time.Second, "upper bound on each timed phase")
 	fs.StringVar(&cfg.origin, "redeeming-origin", "https://rp.example", "redeeming-origin put in the client data")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := ff.Parse(fs, os.Args[1:], ff.WithEnvVarPrefix("PSTBENCH")); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "pstbench:", err)
 		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println(version.Get().String("pstbench"))
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

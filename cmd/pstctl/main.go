@@ -23,6 +23,8 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/pstd/pstd/cmd/internal/wiring"
+	"github.com/pstd/pstd/internal/cli"
+	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer"
 )
@@ -30,13 +32,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := root(os.Stdout).ParseAndRun(ctx, os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		fmt.Fprintln(os.Stderr, "pstctl:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Run(ctx, root(os.Stdout), os.Args[1:], os.Stderr))
 }
 
 var opts = []ff.Option{ff.WithEnvVarPrefix("PSTD")}
@@ -86,8 +82,7 @@ func root(out io.Writer) *ffcli.Command {
 	var auditLimit int
 	var rrIssuer, rrJWKS string
 
-	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|init|rotate|import|rotate-rr", ShortHelp: "manage VOPRF and record keys",
-		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|init|rotate|retire|import|rotate-rr", ShortHelp: "manage VOPRF and record keys",
 		Subcommands: []*ffcli.Command{
 			cmd("list", "keys list", "list key epochs and record keys", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				store, err := wiring.OpenStore(ctx, s, quietLogger())
@@ -200,10 +195,12 @@ func root(out io.Writer) *ffcli.Command {
 			}),
 		}}
 
-	return &ffcli.Command{
+	rootFS := flag.NewFlagSet("pstctl", flag.ContinueOnError)
+	showVersion := rootFS.Bool("version", false, "print the version and exit")
+	c := &ffcli.Command{
 		Name:       "pstctl",
+		FlagSet:    rootFS,
 		ShortUsage: "pstctl migrate|keys|commitment|audit|rr",
-		Exec:       func(context.Context, []string) error { return flag.ErrHelp },
 		Subcommands: []*ffcli.Command{
 			cmd("migrate", "migrate", "apply database migrations", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				store, err := wiring.OpenStore(ctx, s, quietLogger())
@@ -240,7 +237,6 @@ func root(out io.Writer) *ffcli.Command {
 				return err
 			}),
 			{Name: "audit", ShortUsage: "pstctl audit list|verify", ShortHelp: "read and verify the audit log",
-				Exec: func(context.Context, []string) error { return flag.ErrHelp },
 				Subcommands: []*ffcli.Command{
 					cmd("list", "audit list [--limit N]", "print audit entries as JSON lines", wiring.Database, func(fs *flag.FlagSet) {
 						fs.IntVar(&auditLimit, "limit", 1000, "entries to print")
@@ -277,7 +273,6 @@ func root(out io.Writer) *ffcli.Command {
 					}),
 				}},
 			{Name: "rr", ShortUsage: "pstctl rr verify --issuer ORIGIN RECORD|-", ShortHelp: "verify redemption records",
-				Exec: func(context.Context, []string) error { return flag.ErrHelp },
 				Subcommands: []*ffcli.Command{
 					cmd("verify", "rr verify [--issuer ORIGIN] [--jwks URL] RECORD|-", "verify a redemption record against the issuer's JWKS", wiring.Origin, func(fs *flag.FlagSet) {
 						fs.StringVar(&rrIssuer, "issuer", "", "issuer origin (default PSTD_ISSUER_ORIGIN)")
@@ -312,6 +307,27 @@ func root(out io.Writer) *ffcli.Command {
 					}),
 				}},
 		},
+	}
+	setGroups(c)
+	group := c.Exec
+	c.Exec = func(ctx context.Context, args []string) error {
+		if *showVersion {
+			fmt.Fprintln(out, version.Get().String("pstctl"))
+			return nil
+		}
+		return group(ctx, args)
+	}
+	return c
+}
+
+// setGroups makes every command that only holds subcommands refuse to run
+// bare or with an unknown subcommand (a usage error, naming the nearest).
+func setGroups(c *ffcli.Command) {
+	if len(c.Subcommands) > 0 && c.Exec == nil {
+		c.Exec = cli.Group(c, os.Stderr)
+	}
+	for _, sc := range c.Subcommands {
+		setGroups(sc)
 	}
 }
 

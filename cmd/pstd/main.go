@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -29,6 +31,8 @@ import (
 	"github.com/pstd/pstd/cmd/internal/wiring"
 	"github.com/pstd/pstd/demo"
 	"github.com/pstd/pstd/httpapi"
+	"github.com/pstd/pstd/internal/cli"
+	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
 )
 
@@ -38,13 +42,7 @@ func main() {
 	// After the first signal, the default action again: a second one ends
 	// the process at once, should the graceful shutdown hang.
 	go func() { <-ctx.Done(); stop() }()
-	if err := root().ParseAndRun(ctx, os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "pstd:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Run(ctx, root(), os.Args[1:], os.Stderr))
 }
 
 func newLogger(level string) *slog.Logger {
@@ -62,15 +60,26 @@ func root() *ffcli.Command {
 	var m wiring.Settings
 	migrateFS := flag.NewFlagSet("pstd migrate", flag.ContinueOnError)
 	m.Register(migrateFS, wiring.Database|wiring.Logging)
+	rootFS := flag.NewFlagSet("pstd", flag.ContinueOnError)
+	showVersion := rootFS.Bool("version", false, "print the version and exit")
 	opts := []ff.Option{ff.WithEnvVarPrefix("PSTD")}
-	return &ffcli.Command{
+	c := &ffcli.Command{
 		Name:       "pstd",
 		ShortUsage: "pstd serve|migrate [flags]",
+		FlagSet:    rootFS,
 		Subcommands: []*ffcli.Command{
 			{Name: "serve", ShortUsage: "pstd serve [flags]", ShortHelp: "serve the issuer", FlagSet: serveFS, Options: opts,
-				Exec: func(ctx context.Context, args []string) error { return serve(ctx, &s, serveFS) }},
+				Exec: func(ctx context.Context, args []string) error {
+					if len(args) > 0 {
+						return cli.Usagef("pstd serve takes no arguments, not %q", args)
+					}
+					return serve(ctx, &s, serveFS)
+				}},
 			{Name: "migrate", ShortUsage: "pstd migrate [flags]", ShortHelp: "apply database migrations", FlagSet: migrateFS, Options: opts,
 				Exec: func(ctx context.Context, args []string) error {
+					if len(args) > 0 {
+						return cli.Usagef("pstd migrate takes no arguments, not %q", args)
+					}
 					store, err := wiring.OpenStore(ctx, &m, newLogger(m.LogLevel))
 					if err != nil {
 						return err
@@ -79,14 +88,22 @@ func root() *ffcli.Command {
 					return store.Migrate(ctx)
 				}},
 		},
-		Exec: func(context.Context, []string) error { return flag.ErrHelp },
 	}
+	group := cli.Group(c, os.Stderr)
+	c.Exec = func(ctx context.Context, args []string) error {
+		if *showVersion {
+			fmt.Println(version.Get().String("pstd"))
+			return nil
+		}
+		return group(ctx, args)
+	}
+	return c
 }
 
 func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	log := newLogger(s.LogLevel)
 	if err := s.ValidateServe(); err != nil {
-		return err
+		return cli.Usagef("%v", err)
 	}
 	log.Info("starting pstd", "settings", s)
 	for _, w := range s.Warnings(fs, os.Environ()) {
@@ -94,7 +111,9 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := version.Get()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build.Collector())
+	log.Info("build", "version", build.Version, "revision", build.Revision, "go", build.GoVersion)
 	a, err := wiring.Open(ctx, s, log, s.Migrate, reg)
 	if err != nil {
 		return err
@@ -142,11 +161,38 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	if s.AllowedOrigins != "" && s.AllowedOrigins != "*" {
 		origins = strings.Split(s.AllowedOrigins, ",")
 	}
+	var tlsConfig *tls.Config
+	if s.TLSCert != "" {
+		certs, err := httpapi.NewCertReloader(s.TLSCert, s.TLSKey, log)
+		if err != nil {
+			return err
+		}
+		go certs.Watch(svcCtx, 10*time.Second)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-svcCtx.Done():
+					return
+				case <-hup:
+					if err := certs.Reload(); err != nil {
+						log.Error("SIGHUP: the TLS certificate does not load; keeping the current one", "err", err)
+					}
+				}
+			}
+		}()
+		tlsConfig = certs.TLSConfig()
+	}
 	srv := httpapi.New(httpapi.Config{
 		IssuerOrigin:       s.IssuerOrigin,
 		RedemptionLifetime: s.RecordLifetime,
 		RequestTimeout:     s.RequestTimeout,
 		ShutdownTimeout:    s.ShutdownTimeout,
+		ShutdownDelay:      s.ShutdownDelay,
+		TLS:                tlsConfig,
+		SeparateAdmin:      s.AdminListen != "",
 		AllowedOrigins:     origins,
 		Logger:             log,
 		LogClientAddr:      s.LogClientAddr,
@@ -156,7 +202,7 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		Demo:               s.Demo,
 	}, a.Service, opts...)
 	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)
-	err = srv.Run(ctx, s.Listen)
+	err = srv.Run(ctx, s.Listen, s.AdminListen)
 	cancelSvc()
 	log.Info("stopped; wiping keys and closing the HSM and database")
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
@@ -168,9 +214,11 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 // demoVerifier verifies records of this issuer for the demo relying-party
 // page, fetching the JWKS from this very server.
 func demoVerifier(s *wiring.Settings) (demo.Verifier, error) {
-	v, err := rp.NewVerifier(rp.Config{
-		Issuers: map[string]string{s.IssuerOrigin: "http://" + s.Listen + rp.JWKSPath},
-	})
+	jwks := "http://" + s.Listen + rp.JWKSPath
+	if s.TLSCert != "" {
+		jwks = "" // the issuer origin's own JWKS URL, whose name the certificate carries
+	}
+	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{s.IssuerOrigin: jwks}})
 	if err != nil {
 		return nil, err
 	}

@@ -56,6 +56,10 @@ type Settings struct {
 	LogClientAddr   bool
 	RequestTimeout  time.Duration
 	ShutdownTimeout time.Duration
+	ShutdownDelay   time.Duration
+	TLSCert         string
+	TLSKey          string
+	AdminListen     string
 
 	fs *flag.FlagSet // where the settings were registered
 }
@@ -115,6 +119,9 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 	}
 	if groups&Server != 0 {
 		fs.StringVar(&s.Listen, "listen", "127.0.0.1:8480", h("listen address HOST:PORT", "listen"))
+		fs.StringVar(&s.TLSCert, "tls-cert", "", h("PEM certificate chain for TLS on the public listener; reloaded when the file changes or on SIGHUP", "tls-cert"))
+		fs.StringVar(&s.TLSKey, "tls-key", "", h("PEM private key for --tls-cert", "tls-key"))
+		fs.StringVar(&s.AdminListen, "admin-listen", "", h("listen address for /metrics, /healthz and /readyz; when set, the public listener no longer serves /metrics", "admin-listen"))
 		fs.BoolVar(&s.Migrate, "migrate", false, h("apply database migrations at start-up", "migrate"))
 		fs.BoolVar(&s.Demo, "demo", false, h("serve the demo issuer and relying-party pages", "demo"))
 		fs.IntVar(&s.RateLimit, "rate-limit", 0, h("issuance requests per client address per window; 0 allows all", "rate-limit"))
@@ -124,6 +131,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.BoolVar(&s.LogClientAddr, "log-client-addr", false, h("log client addresses (off: privacy)", "log-client-addr"))
 		fs.DurationVar(&s.RequestTimeout, "request-timeout", httpapi.DefaultRequestTimeout, h("upper bound on one request", "request-timeout"))
 		fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", httpapi.DefaultShutdownTimeout, h("how long in-flight requests may finish at shutdown", "shutdown-timeout"))
+		fs.DurationVar(&s.ShutdownDelay, "shutdown-delay", 0, h("on SIGTERM, how long /readyz fails while the listeners keep serving, so load balancers drain first", "shutdown-delay"))
 	}
 	if groups&Logging != 0 {
 		fs.StringVar(&s.LogLevel, "log-level", "info", h("debug, info, warn or error", "log-level"))
@@ -166,6 +174,15 @@ func (s *Settings) ValidateServe() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, not %v", d.name, d.v))
 		}
+	}
+	if s.ShutdownDelay < 0 {
+		errs = append(errs, errors.New("PSTD_SHUTDOWN_DELAY must not be negative"))
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		errs = append(errs, errors.New("PSTD_TLS_CERT and PSTD_TLS_KEY go together"))
+	}
+	if s.AdminListen != "" && s.AdminListen == s.Listen {
+		errs = append(errs, errors.New("PSTD_ADMIN_LISTEN must differ from PSTD_LISTEN"))
 	}
 	if s.RateLimit < 0 {
 		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))
@@ -230,7 +247,7 @@ func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
 			out = append(out, fmt.Sprintf("environment variable %s is not a pstd setting (a typo?); it is ignored", name))
 		}
 	}
-	if strings.HasPrefix(s.IssuerOrigin, "http://") {
+	if strings.HasPrefix(s.IssuerOrigin, "http://") && s.TLSCert == "" {
 		if host, _, err := net.SplitHostPort(s.Listen); err == nil && host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			out = append(out, fmt.Sprintf("PSTD_ISSUER_ORIGIN is %s (plain http) while listening on %s: browsers accept PST issuers on http only for localhost", s.IssuerOrigin, s.Listen))
 		}
