@@ -44,11 +44,12 @@ deps:
 
 # Local stack under .pstd/: PostgreSQL on 127.0.0.1:$${PSTD_DEV_PG_PORT:-54329},
 # SoftHSM token pstd-dev, .pstd/env; then build, migrate and create keys.
+# PSTD_DEV_STATE=/abs/dir keeps all of it in /abs/dir instead of .pstd/.
 setup:
 	MAKE='$(MAKE)' deploy/dev/setup.sh
 
 run: setup
-	@set -a && . ./.pstd/env && set +a && \
+	@set -a && . "$${PSTD_DEV_STATE:-./.pstd}/env" && set +a && \
 	echo "pstd: serving $$PSTD_ISSUER_ORIGIN (demo pages at $$PSTD_ISSUER_ORIGIN/demo/)" && \
 	echo "Try it in Chromium:" && \
 	echo "  chromium --user-data-dir=\$$(mktemp -d) --additional-private-state-token-key-commitments='$$($(BIN)/pstctl commitment --chromium)' $$PSTD_ISSUER_ORIGIN/demo/" && \
@@ -57,10 +58,12 @@ run: setup
 stop:
 	deploy/dev/stop.sh
 
-# Race-enabled tests against a throwaway PostgreSQL cluster (always stopped
-# afterwards), then a short fuzz pass over FUZZ_TARGETS.
+# Checks that a cgo-less build names cgo, smoke-tests `make setup` on a
+# scratch state directory, then race-enabled tests against a throwaway
+# PostgreSQL cluster (always stopped afterwards), then a short fuzz pass over
+# FUZZ_TARGETS.
 test: deps build
-	GO='$(GO)' PKGS='$(PKGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZTIME='$(FUZZTIME)' deploy/dev/test.sh
+	MAKE='$(MAKE)' GO='$(GO)' PKGS='$(PKGS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' FUZZTIME='$(FUZZTIME)' deploy/dev/test.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi

@@ -2,7 +2,8 @@
 // redemption, redemption records sent to a relying party, the record cache,
 // key rotation, a browser with the wrong commitment, and embedded issuer
 // frames. Every scenario asserts what the browser reports and what the server
-// recorded.
+// recorded. docs/PROTOCOL.md, "Driving headless Chromium", explains the
+// flags, profiles and page scripts.
 package e2e
 
 import (

@@ -8,6 +8,8 @@
 //
 //	Sec-Redemption-Record: "https://issuer.example";redemption-record="eyJ…"
 //
+// (docs/PROTOCOL.md, "The redemption record", has what Chromium sends.)
+//
 // A pstd record is a compact JWS (ES256, typ pst-rr+jwt) whose claims are
 // described in docs/ARCHITECTURE.md. A Verifier checks it against the JWKS
 // the issuer publishes at JWKSPath: signature, kid, typ, iss, exp, iat and

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# softhsm/init-token.sh DIR LABEL
+# softhsm/init-token.sh DIR LABEL [PINDIR]
 #
-# A SoftHSM2 token kept entirely in a project-local DIR:
+# The one way this project makes a SoftHSM2 token: `make setup`
+# (deploy/dev/setup.sh) and the Go tests (internal/testenv.NewToken) both
+# run it. A token is kept entirely in a project-local DIR:
 #   DIR/softhsm2.conf  SoftHSM2 configuration (point SOFTHSM2_CONF here)
 #   DIR/tokens/        the token store (file backend)
-#   DIR/pin            user PIN, mode 0600, generated if absent
-#   DIR/so-pin         security-officer PIN, mode 0600, generated if absent
+#   PINDIR/pin         user PIN, mode 0600, generated if absent
+#   PINDIR/so-pin      security-officer PIN, mode 0600, generated if absent
+# PINDIR defaults to DIR. Several tokens may share one DIR (SoftHSM reads
+# SOFTHSM2_CONF once per process, so a process's tokens must share it), each
+# with its own PINDIR; runs on the same DIR may be concurrent.
 # The token labelled LABEL is initialised only if no token with that label
 # exists yet, so running this again is harmless. System-wide SoftHSM state
 # (/etc/softhsm, /var/lib/softhsm) is never read or written, because every
@@ -20,17 +25,19 @@ PSTD_SCRIPT=init-token.sh
 # shellcheck source=deploy/dev/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../deploy/dev/lib.sh"
 
-(($# == 2)) || { echo "usage: $0 DIR LABEL" >&2; exit 2; }
+(($# == 2 || $# == 3)) || { echo "usage: $0 DIR LABEL [PINDIR]" >&2; exit 2; }
 dir=$(pstd_abspath "$1")
 label=$2
+pindir=$(pstd_abspath "${3:-$1}")
 ((${#label} >= 1 && ${#label} <= 32)) || pstd_die "token label must be 1..32 characters"
 
 command -v softhsm2-util >/dev/null || pstd_die "softhsm2-util not found (run deploy/dev/deps.sh)"
 
 umask 077
-mkdir -p "$dir/tokens"
-chmod 0700 "$dir" "$dir/tokens"
+mkdir -p "$dir/tokens" "$pindir"
+chmod 0700 "$dir" "$dir/tokens" "$pindir"
 dir=$(cd "$dir" && pwd -P)
+pindir=$(cd "$pindir" && pwd -P)
 
 conf="$dir/softhsm2.conf"
 body="# Written by pstd softhsm/init-token.sh. DEVELOPMENT ONLY.
@@ -38,8 +45,11 @@ directories.tokendir = $dir/tokens
 objectstore.backend = file
 log.level = ERROR
 slots.removable = false"
+# Replaced atomically: a concurrent run's softhsm2-util must never read a
+# half-written file.
 if [[ ! -f $conf ]] || [[ $(cat "$conf") != "$body" ]]; then
-	printf '%s\n' "$body" >"$conf"
+	printf '%s\n' "$body" >"$conf.$$.tmp"
+	mv "$conf.$$.tmp" "$conf"
 fi
 chmod 0600 "$conf"
 export SOFTHSM2_CONF=$conf
@@ -54,24 +64,24 @@ token_exists() {
 
 if token_exists; then
 	for f in pin so-pin; do
-		[[ -s $dir/$f ]] || pstd_die "token \"$label\" exists but $dir/$f is missing; remove $dir to start over"
-		chmod 0600 "$dir/$f"
+		[[ -s $pindir/$f ]] || pstd_die "token \"$label\" exists but $pindir/$f is missing; remove $dir to start over"
+		chmod 0600 "$pindir/$f"
 	done
 	pstd_log "token \"$label\" already exists in $dir"
 	exit 0
 fi
 
 for f in pin so-pin; do
-	if [[ ! -s $dir/$f ]]; then
+	if [[ ! -s $pindir/$f ]]; then
 		# 32 hex digits (128 bits); SoftHSM accepts PINs of 4..255 bytes.
-		pstd_random_hex 16 >"$dir/$f.tmp"
-		mv "$dir/$f.tmp" "$dir/$f"
+		pstd_random_hex 16 >"$pindir/$f.tmp"
+		mv "$pindir/$f.tmp" "$pindir/$f"
 	fi
-	chmod 0600 "$dir/$f"
+	chmod 0600 "$pindir/$f"
 done
 
-pin=$(<"$dir/pin")
-so_pin=$(<"$dir/so-pin")
+pin=$(<"$pindir/pin")
+so_pin=$(<"$pindir/so-pin")
 if ! out=$(softhsm2-util --init-token --free --label "$label" --pin "$pin" --so-pin "$so_pin" 2>&1 </dev/null); then
 	# softhsm2-util never echoes the PINs, so its output is safe to show.
 	printf '%s\n' "$out" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/dev/setup.sh (`make setup`): the local development stack, all under
-# .pstd/ in the checkout. Idempotent; run it as often as you like.
+# .pstd/ in the checkout (or under $PSTD_DEV_STATE, see below). Idempotent;
+# run it as often as you like.
 #
 #   .pstd/pg        PostgreSQL cluster on 127.0.0.1:$PSTD_DEV_PG_PORT (54329),
 #                   database `pstd`, trust auth (DEVELOPMENT ONLY, see pg.sh)
@@ -9,6 +10,11 @@
 #                   or: set -a; . .pstd/env; set +a
 #
 # Then it builds and provisions: database migrations and the initial keys.
+#
+# PSTD_DEV_STATE (absolute path, default .pstd in the checkout) puts all of
+# that state elsewhere; `make test` uses it with a scratch directory and a
+# free PSTD_DEV_PG_PORT to smoke-test this script without touching .pstd/.
+# deploy/dev/stop.sh honours it too.
 set -euo pipefail
 PSTD_SCRIPT=setup.sh
 # shellcheck source=deploy/dev/lib.sh
@@ -18,7 +24,8 @@ cd "$PSTD_ROOT"
 
 port=${PSTD_DEV_PG_PORT:-54329}
 label=${PSTD_DEV_TOKEN_LABEL:-pstd-dev}
-state="$PSTD_ROOT/.pstd"
+state=${PSTD_DEV_STATE:-$PSTD_ROOT/.pstd}
+[[ $state == /* ]] || pstd_die "PSTD_DEV_STATE must be an absolute path, not \"$state\""
 envfile="$state/env"
 
 "$PSTD_ROOT/deploy/dev/deps.sh"
@@ -73,4 +80,4 @@ provision() {
 "${MAKE:-make}" --no-print-directory -C "$PSTD_ROOT" build
 provision
 
-pstd_log "ready in $(pstd_elapsed "$t0"): PostgreSQL 127.0.0.1:$port (db pstd), token \"$label\", settings in .pstd/env"
+pstd_log "ready in $(pstd_elapsed "$t0"): PostgreSQL 127.0.0.1:$port (db pstd), token \"$label\", settings in $envfile"

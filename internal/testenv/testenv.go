@@ -112,42 +112,30 @@ type Token struct {
 
 var (
 	hsmOnce sync.Once
-	hsmConf string
+	hsmDir  string
 	hsmErr  error
 )
 
-// softhsmConf creates one token directory and configuration file for the
-// whole test process. SoftHSM reads SOFTHSM2_CONF once, when the module is
-// initialised, so every token of a process must live in the same directory.
-func softhsmConf() (string, error) {
+// softhsmDir makes the one token directory of this test process and points
+// SOFTHSM2_CONF at its configuration file, which softhsm/init-token.sh
+// writes when it makes the first token. SoftHSM reads SOFTHSM2_CONF once,
+// when the module is initialised, so every token of a process must live in
+// the same directory.
+func softhsmDir() (string, error) {
 	hsmOnce.Do(func() {
-		if existing := os.Getenv("SOFTHSM2_CONF"); existing != "" && os.Getenv("PSTD_TEST_KEEP_SOFTHSM2_CONF") == "1" {
-			hsmConf = existing
+		hsmDir, hsmErr = os.MkdirTemp("", "pstd-softhsm-")
+		if hsmErr != nil {
 			return
 		}
-		dir, err := os.MkdirTemp("", "pstd-softhsm-")
-		if err != nil {
-			hsmErr = err
-			return
-		}
-		tokens := filepath.Join(dir, "tokens")
-		if err := os.MkdirAll(tokens, 0o700); err != nil {
-			hsmErr = err
-			return
-		}
-		conf := filepath.Join(dir, "softhsm2.conf")
-		body := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", tokens)
-		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-			hsmErr = err
-			return
-		}
-		hsmConf = conf
-		hsmErr = os.Setenv("SOFTHSM2_CONF", conf)
+		hsmErr = os.Setenv("SOFTHSM2_CONF", filepath.Join(hsmDir, "softhsm2.conf"))
 	})
-	return hsmConf, hsmErr
+	return hsmDir, hsmErr
 }
 
-// NewToken initialises a fresh SoftHSM2 token with a random label and PIN.
+// NewToken initialises a fresh SoftHSM2 token with a random label and PINs,
+// by running softhsm/init-token.sh: the same provisioning as `make setup`,
+// so a test failure there is a `make run` failure too. The token shares
+// the process's token directory; its PINs are in a directory of its own.
 func NewToken(t testing.TB) Token {
 	t.Helper()
 	if _, err := os.Stat(SoftHSMModule); err != nil {
@@ -157,29 +145,62 @@ func NewToken(t testing.TB) Token {
 	if err != nil {
 		missing(t, "softhsm2-util not found")
 	}
-	conf, err := softhsmConf()
+	root, err := repoRoot()
 	if err != nil {
-		t.Fatalf("softhsm configuration: %v", err)
+		t.Fatal(err)
+	}
+	dir, err := softhsmDir()
+	if err != nil {
+		t.Fatalf("softhsm token directory: %v", err)
+	}
+	label := RandomName("pstd-test-")
+	pins := filepath.Join(dir, "pins", label)
+	cmd := exec.Command(filepath.Join(root, "softhsm", "init-token.sh"), dir, label, pins)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		// The output never contains a PIN: neither the script nor
+		// softhsm2-util prints one.
+		t.Fatalf("softhsm/init-token.sh: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	conf := filepath.Join(dir, "softhsm2.conf")
+	if got := os.Getenv("SOFTHSM2_CONF"); got != conf {
+		t.Fatalf("SOFTHSM2_CONF is %q, want %q: a test changed it", got, conf)
 	}
 	tok := Token{
 		Module: SoftHSMModule,
-		Label:  RandomName("pstd-test-"),
-		PIN:    RandomName(""),
-		SOPIN:  RandomName(""),
+		Label:  label,
+		PIN:    readPIN(t, filepath.Join(pins, "pin")),
+		SOPIN:  readPIN(t, filepath.Join(pins, "so-pin")),
 		Conf:   conf,
-	}
-	cmd := exec.Command(util, "--init-token", "--free", "--label", tok.Label, "--pin", tok.PIN, "--so-pin", tok.SOPIN)
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		// The output never contains the PIN: softhsm2-util does not echo it.
-		t.Fatalf("softhsm2-util --init-token: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	t.Cleanup(func() {
 		del := exec.Command(util, "--delete-token", "--token", tok.Label)
 		del.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
 		_ = del.Run()
+		_ = os.RemoveAll(pins)
 	})
 	return tok
+}
+
+// readPIN reads a PIN file that init-token.sh wrote, and checks that it is
+// private to this user (0600), as the script promises.
+func readPIN(t testing.TB, path string) string {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("PIN file: %v", err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Fatalf("PIN file %s has mode %o, want 600", path, perm)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("PIN file: %v", err)
+	}
+	pin := strings.TrimSpace(string(b))
+	if pin == "" {
+		t.Fatalf("PIN file %s is empty", path)
+	}
+	return pin
 }
 
 // dir returns the token's directory in SoftHSM's token store: the one

@@ -15,7 +15,8 @@ import (
 // version header value and as the commitment's key.
 const ProtocolVersion = "PrivateStateTokenV1VOPRF"
 
-// Commitment is the key commitment of PROTOCOL.md §5 for one protocol.
+// Commitment is the key commitment for one protocol (docs/PROTOCOL.md,
+// "Keys and the key commitment").
 type Commitment struct {
 	ProtocolVersion string                  `json:"protocol_version"`
 	ID              uint32                  `json:"id"`

@@ -2,7 +2,8 @@
 // TRUST_TOKEN_pst_v1_voprf) exactly as Chrome speaks it: RFC 9497 VOPRF with
 // suite P384-SHA384, one batched DLEQ proof per issuance, and PST's own byte
 // framing for keys, issue requests and responses, tokens and redemption
-// requests (PROTOCOL.md §2–4).
+// requests. docs/PROTOCOL.md is this package's specification: "The VOPRF",
+// "The batched DLEQ proof", "Issuance", "Redemption" and "Client data".
 //
 // The package is pure: plain functions over bytes and scalars, no I/O, no
 // long-lived state. Where the issuer key k comes from (an HSM-sealed envelope)

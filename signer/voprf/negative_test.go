@@ -203,7 +203,8 @@ func TestKeyRejections(t *testing.T) {
 }
 
 func TestClientData(t *testing.T) {
-	// Chromium 156's client data as seen on the wire (PROTOCOL.md §4).
+	// Chromium 156's client data as seen on the wire (docs/PROTOCOL.md,
+	// "Client data").
 	chrome, _ := hex.DecodeString("a2" + "70" + hex.EncodeToString([]byte("redeeming-origin")) +
 		"75" + hex.EncodeToString([]byte("http://localhost:8480")) +
 		"74" + hex.EncodeToString([]byte("redemption-timestamp")) + "1a6b067fb7")
