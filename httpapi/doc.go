@@ -13,7 +13,7 @@
 //	GET|HEAD  /readyz    readiness: probes the issuer now; 503 + problem when not ready
 //	GET       /metrics   Prometheus, from the injected registry
 //
-// # Status and headers (PROTOCOL.md §4)
+// # Status and headers (docs/PROTOCOL.md, "HTTP: headers and status codes")
 //
 // Chromium ignores the status of issuance and redemption responses and looks
 // only for the Sec-Private-State-Token response header. So a success is 200
@@ -106,7 +106,7 @@
 // gets RequestTimeout: issuer calls run under that deadline and the handler
 // answers 503 timeout when it passes even if the issuer ignores its context.
 // (A redemption cut off that way may still have been recorded; the browser
-// spends its token either way, PROTOCOL.md §4, so nothing is lost that a
+// spends its token either way, docs/PROTOCOL.md ("HTTP: headers and status codes"), so nothing is lost that a
 // dropped connection would not lose too.)
 // http.Server has ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout
 // and MaxHeaderBytes, so slow clients cannot pin connections. Run shuts down

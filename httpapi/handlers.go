@@ -29,7 +29,7 @@ const (
 	PathMetrics       = "/metrics"
 )
 
-// Headers and values of PROTOCOL.md §4.
+// Headers and values of docs/PROTOCOL.md, "HTTP: headers and status codes".
 const (
 	HeaderToken         = "Sec-Private-State-Token"
 	HeaderCryptoVersion = "Sec-Private-State-Token-Crypto-Version"

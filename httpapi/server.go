@@ -19,7 +19,7 @@ import (
 
 // Issuer is the PST issuer service behind the HTTP API.
 type Issuer interface {
-	// Commitment returns the key commitment JSON (PROTOCOL.md §5, the object keyed by protocol version) and its commitment id (changes whenever the key set changes).
+	// Commitment returns the key commitment JSON (docs/PROTOCOL.md, "Keys and the key commitment": the object keyed by protocol version) and its commitment id (changes whenever the key set changes).
 	Commitment(ctx context.Context) (body []byte, id uint64, err error)
 	// BatchSize is the commitment's batchsize.
 	BatchSize() int

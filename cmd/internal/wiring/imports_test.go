@@ -3,7 +3,10 @@ package wiring
 import (
 	"encoding/json"
 	"io"
+	"io/fs"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -87,5 +90,39 @@ func TestImportGraph(t *testing.T) {
 		if strings.HasPrefix(pkg, "cmd/internal/") && pkg != "cmd/internal/wiring" {
 			t.Errorf("%s sits beside the composition root", pkg)
 		}
+	}
+}
+
+// TestProtocolReferences: the code cites the protocol as the repository
+// describes it (docs/PROTOCOL.md), never a document outside the checkout.
+func TestProtocolReferences(t *testing.T) {
+	root := "../../.."
+	doc := "PROTOCOL" + ".md"
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == ".pstd" || d.Name() == "node_modules") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, doc) && !strings.Contains(line, "docs/"+doc) {
+				t.Errorf("%s:%d cites %s outside docs/: %s", path, i+1, doc, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "docs", doc)); err != nil {
+		t.Fatal(err)
 	}
 }
