@@ -22,6 +22,7 @@ import (
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
+	"github.com/pstd/pstd/doctor"
 	"github.com/pstd/pstd/internal/app"
 	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer"
@@ -198,7 +199,7 @@ func root(out io.Writer) *ffcli.Command {
 
 	return &ffcli.Command{
 		Name:       "pstctl",
-		ShortUsage: "pstctl migrate|keys|commitment|audit|rr",
+		ShortUsage: "pstctl migrate|keys|commitment|audit|rr|doctor",
 		Exec:       func(context.Context, []string) error { return flag.ErrHelp },
 		Subcommands: []*ffcli.Command{
 			cmd("migrate", "migrate", "apply database migrations", nil, func(ctx context.Context, s *app.Settings, _ []string) error {
@@ -307,6 +308,7 @@ func root(out io.Writer) *ffcli.Command {
 						return enc.Encode(r)
 					}),
 				}},
+			doctor.Command(out, os.Stderr),
 		},
 	}
 }
