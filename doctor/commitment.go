@@ -45,10 +45,10 @@ import (
 //     Tokens whose key leaves the commitment are discarded by the browser.
 
 const (
-	maxKeys       = 6
-	maxBatch      = voprf.MaxBatchSize
-	farFuture     = 366 * 24 * time.Hour
-	keyBlobSize   = 4 + voprf.ElementSize
+	maxKeys     = 6
+	maxBatch    = voprf.MaxBatchSize
+	farFuture   = 366 * 24 * time.Hour
+	keyBlobSize = 4 + voprf.ElementSize
 )
 
 var (
@@ -91,7 +91,7 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 	if !ok {
 		var found []string
 		for k := range outer {
-			found = append(found, strconv.Quote(k))
+			found = append(found, strconv.Quote(truncate(k, 40)))
 		}
 		sort.Strings(found)
 		add(CheckJSON, StatusFail, `wrap the commitment in an object keyed by its protocol version: {"PrivateStateTokenV1VOPRF": {…}}`,
@@ -123,16 +123,11 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 		switch k {
 		case "protocol_version", "id", "batchsize", "keys":
 		default:
-			unknown = append(unknown, strconv.Quote(k))
+			unknown = append(unknown, strconv.Quote(truncate(k, 24)))
 		}
 	}
-	sort.Strings(unknown)
-	if len(unknown) > 0 {
-		add(CheckJSON, StatusWarn, "drop the unknown members; strict parsers (pstd's own client among them) refuse them",
-			"shape is right; unknown members %s are ignored by Chrome", strings.Join(unknown, ", "))
-	} else {
-		add(CheckJSON, StatusPass, "", "%s object with protocol_version, id, batchsize and keys", voprf.ProtocolVersion)
-	}
+	jsonAt := len(out)
+	add(CheckJSON, StatusPass, "", "%s object with protocol_version, id, batchsize and keys", voprf.ProtocolVersion)
 
 	// id
 	if id, msg := jsonInt(entry["id"]); msg != "" {
@@ -173,25 +168,30 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 	var idProblems, yProblems, fmtProblems []string
 	var expired, far []string
 	var latest time.Time
-	validLabels := map[string]bool{}
 	objects := 0
 	blobIDs := map[uint32]string{}
 	for _, l := range labels {
+		ln := truncate(l, 24) // labels are the issuer's words: bounded in messages
 		var k map[string]json.RawMessage
 		if err := json.Unmarshal(keys[l], &k); err != nil || k == nil {
-			idProblems = append(idProblems, fmt.Sprintf("%q is %s, not a key object, and Chrome skips it", l, shortJSON(keys[l])))
+			idProblems = append(idProblems, fmt.Sprintf("%q is %s, not a key object, and Chrome skips it", ln, shortJSON(keys[l])))
 			continue
 		}
 		objects++
+		for m := range k {
+			if m != "Y" && m != "expiry" {
+				unknown = append(unknown, strconv.Quote(truncate(m, 24))+" in key "+strconv.Quote(ln))
+			}
+		}
 		label, labelErr := uint64(0), ""
 		if !decimal.MatchString(l) {
-			labelErr = fmt.Sprintf("label %q is not a decimal key id", l)
+			labelErr = fmt.Sprintf("label %q is not a decimal key id", ln)
 		} else if v, err := strconv.ParseUint(l, 10, 32); err != nil {
-			labelErr = fmt.Sprintf("label %q does not fit a uint32", l)
+			labelErr = fmt.Sprintf("label %q does not fit a uint32", ln)
 		} else {
 			label = v
 			if strconv.FormatUint(v, 10) != l {
-				labelErr = fmt.Sprintf("label %q has leading zeros", l)
+				labelErr = fmt.Sprintf("label %q has leading zeros", ln)
 			}
 		}
 		if labelErr != "" {
@@ -201,19 +201,19 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 		var y string
 		var pk *voprf.PublicKey
 		if err := json.Unmarshal(k["Y"], &y); err != nil || k["Y"] == nil {
-			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is %s, not a string", l, shortJSON(k["Y"])))
+			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is %s, not a string", ln, shortJSON(k["Y"])))
 		} else if blob, err := base64.StdEncoding.Strict().DecodeString(y); err != nil {
-			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is not standard padded base64", l))
+			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is not standard padded base64", ln))
 		} else if len(blob) != keyBlobSize {
-			yProblems = append(yProblems, fmt.Sprintf("key %s: Y decodes to %d bytes, not %d (u32 key id || 0x04 || X || Y)", l, len(blob), keyBlobSize))
+			yProblems = append(yProblems, fmt.Sprintf("key %s: Y decodes to %d bytes, not %d (u32 key id || 0x04 || X || Y)", ln, len(blob), keyBlobSize))
 		} else if p, err := voprf.ParsePublicKeyBlob(blob); err != nil {
-			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is not a P-384 point on the curve in uncompressed form (%v)", l, err))
+			yProblems = append(yProblems, fmt.Sprintf("key %s: Y is not a P-384 point on the curve in uncompressed form (%v)", ln, err))
 		} else {
 			pk = p
 			if labelErr == "" && uint64(p.KeyID) != label {
-				idProblems = append(idProblems, fmt.Sprintf("label %q holds a blob for key id %d", l, p.KeyID))
+				idProblems = append(idProblems, fmt.Sprintf("label %q holds a blob for key id %d", ln, p.KeyID))
 			} else if other, dup := blobIDs[p.KeyID]; dup {
-				idProblems = append(idProblems, fmt.Sprintf("labels %q and %q both hold key id %d", other, l, p.KeyID))
+				idProblems = append(idProblems, fmt.Sprintf("labels %q and %q both hold key id %d", truncate(other, 24), ln, p.KeyID))
 			}
 			blobIDs[p.KeyID] = l
 		}
@@ -221,34 +221,41 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 		var exp string
 		expOK := false
 		if err := json.Unmarshal(k["expiry"], &exp); err != nil || k["expiry"] == nil {
-			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry is %s, not a string", l, shortJSON(k["expiry"])))
+			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry is %s, not a string", ln, shortJSON(k["expiry"])))
 		} else if !decimal.MatchString(exp) {
-			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry %q is not a string of decimal digits", l, truncate(exp, 32)))
+			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry %q is not a string of decimal digits", ln, truncate(exp, 32)))
 		} else if us, err := strconv.ParseInt(exp, 10, 64); err != nil || us > time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC).UnixMicro() {
-			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry %s is beyond the year 9999 (nanoseconds?)", l, truncate(exp, 32)))
+			fmtProblems = append(fmtProblems, fmt.Sprintf("key %s: expiry %s is beyond the year 9999 (nanoseconds?)", ln, truncate(exp, 32)))
 		} else {
 			expOK = true
 			t := time.UnixMicro(us).UTC()
 			switch {
 			case !t.After(now):
 				if us < 1e14 { // before 1973 when read as µs: seconds or milliseconds
-					expired = append(expired, fmt.Sprintf("key %s: expiry %s reads as %s — seconds or milliseconds instead of microseconds?", l, exp, t.Format(time.RFC3339)))
+					expired = append(expired, fmt.Sprintf("key %s: expiry %s reads as %s — seconds or milliseconds instead of microseconds?", ln, exp, t.Format(time.RFC3339)))
 				} else {
-					expired = append(expired, fmt.Sprintf("key %s expired %s", l, t.Format(time.RFC3339)))
+					expired = append(expired, fmt.Sprintf("key %s expired %s", ln, t.Format(time.RFC3339)))
 				}
 			case t.Sub(now) > farFuture:
-				far = append(far, fmt.Sprintf("key %s expires %s", l, t.Format(time.RFC3339)))
+				far = append(far, fmt.Sprintf("key %s expires %s", ln, t.Format(time.RFC3339)))
 			}
 			if t.After(now) && pk != nil && t.After(latest) {
 				latest = t
 			}
 		}
 		if pk != nil && expOK && labelErr == "" {
-			validLabels[l] = true
 			info.keys[pk.KeyID] = pk
 		}
 	}
 
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		if len(unknown) > 8 {
+			unknown = append(unknown[:8], "…")
+		}
+		out[jsonAt] = CheckResult{ID: CheckJSON, Status: StatusWarn, Fix: "drop the unknown members; strict parsers (pstd's own client among them) refuse them",
+			Message: "shape is right; unknown members " + strings.Join(unknown, ", ") + " are ignored by Chrome"}
+	}
 	switch {
 	case !hasKeys || objects == 0:
 		add(CheckKeyCount, StatusFail, "publish at least one key (and at most 6)", "the commitment lists no keys: Chrome cannot issue or redeem")
@@ -261,16 +268,16 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 	switch {
 	case len(idProblems) > 0:
 		add(CheckKeyIDs, StatusFail, `name each key by its key id as a decimal string equal to the first 4 bytes of its Y blob, e.g. "1"`,
-			"%s", strings.Join(idProblems, "; "))
+			"%s", capped(idProblems))
 	case objects == 0:
 		add(CheckKeyIDs, StatusSkip, "", "no keys")
 	default:
-		add(CheckKeyIDs, StatusPass, "", "labels %s match their blobs", strings.Join(labels, ", "))
+		add(CheckKeyIDs, StatusPass, "", "labels %s match their blobs", capped(labels))
 	}
 	switch {
 	case len(yProblems) > 0:
 		add(CheckKeyY, StatusFail, "publish Y as standard base64 (with padding) of u32(key id) || the 97-byte uncompressed P-384 public key",
-			"%s", strings.Join(yProblems, "; "))
+			"%s", capped(yProblems))
 	case objects == 0:
 		add(CheckKeyY, StatusSkip, "", "no keys")
 	default:
@@ -279,7 +286,7 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 	switch {
 	case len(fmtProblems) > 0:
 		add(CheckExpiryFormat, StatusFail, `write "expiry" as a JSON string of microseconds since the Unix epoch, e.g. "1767225600000000"`,
-			"%s", strings.Join(fmtProblems, "; "))
+			"%s", capped(fmtProblems))
 	case objects == 0:
 		add(CheckExpiryFormat, StatusSkip, "", "no keys")
 	default:
@@ -290,7 +297,7 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 		add(CheckExpiry, StatusSkip, "", "no keys")
 	case len(expired) > 0:
 		add(CheckExpiry, StatusFail, "drop expired keys and publish a successor before the last key expires; expiry is in microseconds",
-			"%s: Chrome ignores expired keys", strings.Join(expired, "; "))
+			"%s: Chrome ignores expired keys", capped(expired))
 	case latest.IsZero():
 		add(CheckExpiry, StatusSkip, "", "no key with a readable expiry (see expiry-format, key-y)")
 	case latest.Sub(now) < soonWindow:
@@ -298,7 +305,7 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 			"the last key expires %s (in %s): after that no key is valid", latest.Format(time.RFC3339), latest.Sub(now).Round(time.Hour))
 	case len(far) > 0:
 		add(CheckExpiry, StatusWarn, "give keys expiries of months, not years, and rotate them; Chrome ignores rotations faster than 60 days",
-			"%s, more than a year ahead: Chrome accepts it, but keeps only the 6 soonest-expiring keys, so a far-future key is dropped first once more are published", strings.Join(far, "; "))
+			"%s, more than a year ahead: Chrome accepts it, but keeps only the 6 soonest-expiring keys, so a far-future key is dropped first once more are published", capped(far))
 	default:
 		add(CheckExpiry, StatusPass, "", "keys valid until %s at the latest", latest.Format(time.RFC3339))
 	}
@@ -358,7 +365,18 @@ func truncate(s string, n int) string {
 	return strings.ToValidUTF8(s[:n], "") + "…"
 }
 
+// capped joins at most 6 problems (a commitment may list thousands of keys).
+func capped(s []string) string {
+	if len(s) > 6 {
+		return strings.Join(s[:6], "; ") + fmt.Sprintf("; and %d more", len(s)-6)
+	}
+	return strings.Join(s, "; ")
+}
+
 func orNone(s []string) string {
+	if len(s) > 8 {
+		s = append(s[:8:8], fmt.Sprintf("and %d more", len(s)-8))
+	}
 	if len(s) == 0 {
 		return "no members"
 	}

@@ -50,25 +50,25 @@ type fixture struct {
 // breakage names what the fixture gets wrong. The zero value is a correct
 // issuer.
 type breakage struct {
-	keys        int                       // number of published keys (default 1)
-	expiry      func(i int) string        // expiry string of key i (default: 90 days)
+	keys        int                        // number of published keys (default 1)
+	expiry      func(i int) string         // expiry string of key i (default: 90 days)
 	mutate      func(entry map[string]any) // edits the VOPRF member before encoding
-	rawBody     string                    // replaces the commitment body
-	contentType string                    // replaces the commitment's Content-Type
-	status      map[string]int            // well-known name → status to answer with
-	redirect    bool                      // commitment answers 302
-	hang        bool                      // commitment never answers
-	huge        bool                      // commitment body of 1 MiB
-	secondID    int                       // id served from the second fetch on
-	noCORS      map[string]bool           // well-known name → no Access-Control-Allow-Origin
-	noPreflight bool                      // OPTIONS answers 405
-	noToken     bool                      // issuance answers 400 without the header
-	quoted      bool                      // issuance header value in quotes
-	badProof    bool                      // one proof byte flipped
-	rogueKey    bool                      // issue with an unpublished key under published id 1
-	unknownKey  bool                      // issue with unpublished key id 9
-	noRecord    bool                      // redemption answers 200 without a record
-	rogueRecord bool                      // record signed by a key not in the JWKS
+	rawBody     string                     // replaces the commitment body
+	contentType string                     // replaces the commitment's Content-Type
+	status      map[string]int             // well-known name → status to answer with
+	redirect    bool                       // commitment answers 302
+	hang        bool                       // commitment never answers
+	huge        bool                       // commitment body of 1 MiB
+	secondID    int                        // id served from the second fetch on
+	noCORS      map[string]bool            // well-known name → no Access-Control-Allow-Origin
+	noPreflight bool                       // OPTIONS answers 405
+	noToken     bool                       // issuance answers 400 without the header
+	quoted      bool                       // issuance header value in quotes
+	badProof    bool                       // one proof byte flipped
+	rogueKey    bool                       // issue with an unpublished key under published id 1
+	unknownKey  bool                       // issue with unpublished key id 9
+	noRecord    bool                       // redemption answers 200 without a record
+	rogueRecord bool                       // record signed by a key not in the JWKS
 }
 
 const commitmentID = 7
