@@ -69,6 +69,7 @@ type breakage struct {
 	unknownKey  bool                       // issue with unpublished key id 9
 	noRecord    bool                       // redemption answers 200 without a record
 	rogueRecord bool                       // record signed by a key not in the JWKS
+	getOnly     bool                       // issuance and redemption refuse POST with 405
 }
 
 const commitmentID = 7
@@ -148,6 +149,10 @@ func (f *fixture) serve(w http.ResponseWriter, r *http.Request) {
 		h.Set("Access-Control-Allow-Methods", "GET, POST")
 		h.Set("Access-Control-Allow-Headers", headerToken+", "+headerVersion)
 		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if f.b.getOnly && r.Method == http.MethodPost && (name == "issuance" || name == "redemption") {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
 		return
 	}
 	if s := f.b.status[name]; s != 0 {

@@ -175,13 +175,9 @@ func (d *run) checkIssuance(ctx context.Context, c *commitmentInfo) []voprf.Toke
 	}
 	defer p.Wipe()
 	u := d.url("issuance")
-	req, _ := http.NewRequest(http.MethodPost, u, nil)
-	req.Header.Set(headerVersion, voprf.ProtocolVersion)
-	req.Header.Set(headerToken, base64.StdEncoding.EncodeToString(p.Request()))
-	req.Header.Set("Origin", d.opts.Origin)
-	resp, err := d.do(ctx, req, maxOtherBytes)
+	resp, err := d.sendPST(ctx, u, base64.StdEncoding.EncodeToString(p.Request()), d.opts.Origin)
 	if err != nil {
-		d.fail(CheckIssuance, "make POST "+u+" answer issue requests", "POST %s: %v", u, err)
+		d.fail(CheckIssuance, "make "+u+" answer issue requests", "%s: %v", u, err)
 		d.skipAll("the issuance request failed (see issuance)", CheckIssuanceProof, CheckCORSIssuance)
 		return nil
 	}
@@ -191,7 +187,7 @@ func (d *run) checkIssuance(ctx context.Context, c *commitmentInfo) []voprf.Toke
 	switch {
 	case len(vals) == 0:
 		d.fail(CheckIssuance, "answer a valid issue request with the Sec-Private-State-Token response header (Chrome ignores the status and needs the header)",
-			"POST %s answered HTTP %d without %s%s", u, resp.status, headerToken, problemDetail(resp))
+			"%s answered HTTP %d without %s%s", u, resp.status, headerToken, problemDetail(resp))
 		proofSkip()
 		return nil
 	case len(vals) > 1:
@@ -244,6 +240,30 @@ func (d *run) checkIssuance(ctx context.Context, c *commitmentInfo) []voprf.Toke
 	}
 	d.pass(CheckIssuanceProof, "the batched DLEQ proof verifies against published key %d; %d tokens unblinded", resp2.KeyID, len(tokens))
 	return tokens
+}
+
+// sendPST sends a PST request as a page's fetch would: POST, with the
+// crypto version, the token header (if any) and Origin (if any). The page
+// picks the method, so an issuer that refuses POST with 405 is asked again
+// with GET, the other method Chrome's PST fetches use.
+func (d *run) sendPST(ctx context.Context, u, token, origin string) (*response, error) {
+	var resp *response
+	var err error
+	for _, method := range []string{http.MethodPost, http.MethodGet} {
+		req, _ := http.NewRequest(method, u, nil)
+		req.Header.Set(headerVersion, voprf.ProtocolVersion)
+		if token != "" {
+			req.Header.Set(headerToken, token)
+		}
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err = d.do(ctx, req, maxOtherBytes)
+		if err != nil || resp.status != http.StatusMethodNotAllowed || resp.header.Get(headerToken) != "" {
+			break
+		}
+	}
+	return resp, err
 }
 
 // problemDetail summarises a problem document (RFC 9457) body, if any.
@@ -319,14 +339,12 @@ func (d *run) checkRedemption(ctx context.Context, tokens []voprf.Token, jwks er
 			d.skip(CheckRedemption, "the issuer did not answer (see commitment-get)")
 			return
 		}
-		req, _ := http.NewRequest(http.MethodPost, u, nil)
-		req.Header.Set(headerVersion, voprf.ProtocolVersion)
-		resp, err := d.do(ctx, req, maxOtherBytes)
+		resp, err := d.sendPST(ctx, u, "", "")
 		switch {
 		case err != nil:
-			d.fail(CheckRedemption, "make POST "+u+" answer redemption requests", "POST %s: %v", u, err)
-		case resp.status == http.StatusNotFound || resp.status == http.StatusMethodNotAllowed:
-			d.fail(CheckRedemption, "serve redemption at exactly "+u+" (GET and POST)", "POST %s answered HTTP %d", u, resp.status)
+			d.fail(CheckRedemption, "make "+u+" answer redemption requests", "%s: %v", u, err)
+		case resp.status == http.StatusNotFound:
+			d.fail(CheckRedemption, "serve redemption at exactly "+u, "%s answered HTTP 404", u)
 		default:
 			d.pass(CheckRedemption, "the endpoint answers (HTTP %d to a request without a token); pass --redeem to spend one", resp.status)
 		}
@@ -349,20 +367,16 @@ func (d *run) checkRedemption(ctx context.Context, tokens []voprf.Token, jwks er
 		d.skip(CheckRecord, "no redemption")
 		return
 	}
-	req, _ := http.NewRequest(http.MethodPost, u, nil)
-	req.Header.Set(headerVersion, voprf.ProtocolVersion)
-	req.Header.Set(headerToken, base64.StdEncoding.EncodeToString(rr))
-	req.Header.Set("Origin", d.opts.Origin)
-	resp, err := d.do(ctx, req, maxOtherBytes)
+	resp, err := d.sendPST(ctx, u, base64.StdEncoding.EncodeToString(rr), d.opts.Origin)
 	if err != nil {
-		d.fail(CheckRedemption, "make POST "+u+" answer redemption requests", "POST %s: %v", u, err)
+		d.fail(CheckRedemption, "make "+u+" answer redemption requests", "%s: %v", u, err)
 		d.skip(CheckRecord, "no redemption record (see redemption)")
 		return
 	}
 	vals := resp.header.Values(headerToken)
 	if len(vals) != 1 || vals[0] == "" {
 		d.fail(CheckRedemption, "answer a valid redemption with the record in one Sec-Private-State-Token header",
-			"POST %s answered HTTP %d with %d %s headers%s", u, resp.status, len(vals), headerToken, problemDetail(resp))
+			"%s answered HTTP %d with %d %s headers%s", u, resp.status, len(vals), headerToken, problemDetail(resp))
 		d.skip(CheckRecord, "no redemption record (see redemption)")
 		return
 	}
