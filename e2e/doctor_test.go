@@ -39,7 +39,7 @@ func TestDoctor(t *testing.T) {
 	s := newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
 	out, code := runDoctor(t, "--redeem", "--format", "json", "--origin", "https://rp.example", s.origin)
 	var rep struct {
-		Checks []struct{ ID, Status, Message string }
+		Checks  []struct{ ID, Status, Message string }
 		Summary struct {
 			Pass, Warn, Fail, Skip int
 			OK                     bool
