@@ -176,7 +176,7 @@ func Run(ctx context.Context, rawURL string, opts Options) (*Report, error) {
 		opts.Origin = DefaultOrigin
 	}
 	po, err := ParseIssuer(opts.Origin)
-	if err != nil || po.String() != strings.TrimSuffix(opts.Origin, "/") {
+	if err != nil || po.String() != strings.ToLower(strings.TrimSuffix(opts.Origin, "/")) {
 		return nil, &UsageError{fmt.Sprintf("--origin %q is not an origin such as https://rp.example", opts.Origin)}
 	}
 	opts.Origin = po.String()

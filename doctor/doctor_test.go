@@ -328,6 +328,9 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("origin %q: no usage error", o)
 		}
 	}
+	if _, err := Run(context.Background(), "http://localhost:1", Options{Origin: "https://RP.example/", Timeout: time.Second}); err != nil {
+		t.Errorf("origin in upper case with a slash: %v", err)
+	}
 	u, err := ParseIssuer("HTTPS://Issuer.Example/.well-known/private-state-token/key-commitment")
 	if err != nil || u.String() != "https://issuer.example" {
 		t.Fatalf("ParseIssuer: %v %v", u, err)

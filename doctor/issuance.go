@@ -72,7 +72,7 @@ func varyOrigin(h http.Header) bool {
 	return false
 }
 
-const corsFix = "answer requests carrying Origin with Access-Control-Allow-Origin: * (or the page's origin, with Vary: Origin)"
+const corsFix = "answer requests carrying Origin with Access-Control-Allow-Origin: * (or the page's origin, with Vary: Origin); if only some pages may use the issuer, run the doctor with --origin set to one of them"
 
 // corsResult records a CORS check from a response header.
 func (d *run) corsResult(id, what string, h http.Header) {
