@@ -272,7 +272,7 @@ func analyzeCommitment(body []byte, now time.Time) ([]CheckResult, *commitmentIn
 	case objects == 0:
 		add(CheckKeyIDs, StatusSkip, "", "no keys")
 	default:
-		add(CheckKeyIDs, StatusPass, "", "labels %s match their blobs", capped(labels))
+		add(CheckKeyIDs, StatusPass, "", "labels %s match their blobs", strings.ReplaceAll(capped(labels), "; ", ", "))
 	}
 	switch {
 	case len(yProblems) > 0:
