@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -246,6 +247,46 @@ func TestHangingIssuer(t *testing.T) {
 	if got := ids(rep, StatusFail); len(got) != 1 {
 		dump(t, rep)
 		t.Fatalf("failed %v, want only commitment-get", got)
+	}
+}
+
+// TestSilentTLSServer: a server that accepts connections and never speaks
+// fails the TLS check after one timeout instead of hanging the doctor.
+func TestSilentTLSServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // never read or written
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, ln.Addr().String())
+	}
+	rep, err := Run(context.Background(), "https://issuer.example", Options{Timeout: 300 * time.Millisecond, dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := rep.Find(CheckTLS)
+	if c.Status != StatusFail || !strings.Contains(c.Message, "timeout") || ids(rep, StatusFail)[0] != CheckTLS || rep.Summary.Fail != 1 {
+		dump(t, rep)
+		t.Fatalf("tls %s: %s", c.Status, c.Message)
 	}
 }
 
