@@ -24,7 +24,8 @@ FUZZ_TARGETS := \
 	./rp:FuzzVerifyRecord \
 	./rp:FuzzParseJWKS \
 	./httpapi:FuzzIssuanceHandler \
-	./httpapi:FuzzRedemptionHandler
+	./httpapi:FuzzRedemptionHandler \
+	./doctor:FuzzAnalyzeCommitment
 FUZZTIME ?= 50000x
 
 .PHONY: all build deps setup run stop test lint fmt fuzz bench clean

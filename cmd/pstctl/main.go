@@ -23,6 +23,7 @@ import (
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/pstd/pstd/cmd/internal/wiring"
+	"github.com/pstd/pstd/doctor"
 	"github.com/pstd/pstd/internal/cli"
 	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
@@ -200,7 +201,7 @@ func root(out io.Writer) *ffcli.Command {
 	c := &ffcli.Command{
 		Name:       "pstctl",
 		FlagSet:    rootFS,
-		ShortUsage: "pstctl migrate|keys|commitment|audit|rr",
+		ShortUsage: "pstctl migrate|keys|commitment|audit|rr|doctor",
 		Subcommands: []*ffcli.Command{
 			cmd("migrate", "migrate", "apply database migrations", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				store, err := wiring.OpenStore(ctx, s, quietLogger())
@@ -306,6 +307,7 @@ func root(out io.Writer) *ffcli.Command {
 						return enc.Encode(r)
 					}),
 				}},
+			doctor.Command(out, os.Stderr),
 		},
 	}
 	setGroups(c)
