@@ -1,10 +1,10 @@
 package db
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
+	"crypto"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pstd/pstd/auditlog"
+	"github.com/pstd/pstd/internal/pstderr"
 )
 
 // Audit actions written by this package.
@@ -76,8 +79,33 @@ func (e Event) validate() error {
 	return nil
 }
 
+// AuditSigner signs audit events and checkpoints: an ECDSA P-256 key in the
+// HSM (signer/hsm), named by ID, whose public key (PKIX DER) is introduced on
+// the chain before the first event it signs.
+type AuditSigner struct {
+	ID        string
+	PublicDER []byte
+	Signer    crypto.Signer
+}
+
+// ErrNoAuditSigner is returned by writes that would append an audit event
+// through a Store without an audit signing key: the log takes only signed
+// events.
+var ErrNoAuditSigner = errors.New("db: no audit signing key; this command needs the HSM")
+
+// SetAuditSigner makes the store sign every audit event it writes with a.
+func (s *Store) SetAuditSigner(a *AuditSigner) { s.auditSigner.Store(a) }
+
+// AuditSignerID is the id of the store's audit signing key, or "".
+func (s *Store) AuditSignerID() string {
+	if a := s.auditSigner.Load(); a != nil {
+		return a.ID
+	}
+	return ""
+}
+
 // AppendAudit appends e to the audit log and returns its sequence number. In
-// a context from InTx or WithRotationLock it joins that transaction, so the
+// a context from runInTx or WithRotationLock it joins that transaction, so the
 // record commits (or not) with the change it describes.
 func (s *Store) AppendAudit(ctx context.Context, e Event) (int64, error) {
 	if err := e.validate(); err != nil {
@@ -86,112 +114,152 @@ func (s *Store) AppendAudit(ctx context.Context, e Event) (int64, error) {
 	var seq int64
 	err := s.inTx(ctx, "appending to the audit log", func(ctx context.Context, tx pgx.Tx) error {
 		var err error
-		seq, err = appendAudit(ctx, tx, e)
+		seq, err = s.appendAudit(ctx, tx, e)
 		return err
 	})
 	return seq, err
 }
 
-// appendAudit inserts e in tx (which must already hold the audit lock or
-// take it now; the trigger takes it in any case).
-func appendAudit(ctx context.Context, tx pgx.Tx, e Event) (int64, error) {
+// appendAudit signs e with the store's audit key and inserts it in tx. If
+// the chain has not yet introduced that key, the introduction goes first:
+// on an empty chain signed by the key itself (the trust root); otherwise the
+// key must have been introduced by an operator's key rotation.
+func (s *Store) appendAudit(ctx context.Context, tx pgx.Tx, e Event) (int64, error) {
 	if err := e.validate(); err != nil {
 		return 0, err
 	}
+	a := s.auditSigner.Load()
+	if a == nil {
+		return 0, ErrNoAuditSigner
+	}
+	if err := lockAuditChain(ctx, tx); err != nil {
+		return 0, wrap("appending to the audit log", err)
+	}
+	var introduced, anyKey bool
+	err := tx.QueryRow(ctx, `
+		SELECT coalesce(bool_or(subject = $1), false), count(*) > 0
+		  FROM audit_log WHERE action = $2`, "audit_key:"+a.ID, auditlog.ActionKeyCreate).Scan(&introduced, &anyKey)
+	if err != nil {
+		return 0, wrap("appending to the audit log", err)
+	}
+	if !introduced {
+		if anyKey {
+			return 0, fmt.Errorf("db: audit key %s was never introduced on this audit log; rotate to it with pstctl audit rotate-key", a.ID)
+		}
+		if _, err := s.insertSigned(ctx, tx, a, KeyIntroEvent(e.Actor, a.ID, a.PublicDER)); err != nil {
+			return 0, err
+		}
+	}
+	return s.insertSigned(ctx, tx, a, e)
+}
+
+// KeyIntroEvent is the event that introduces audit key id.
+func KeyIntroEvent(actor, id string, publicDER []byte) Event {
+	return Event{Actor: actor, Action: auditlog.ActionKeyCreate, Subject: "audit_key:" + id,
+		Details: map[string]any{"key": id, "public_key": publicDER, "fingerprint": auditlog.Fingerprint(publicDER)}}
+}
+
+// InsertSignedBy appends e signed by a rather than the store's own key (an
+// audit key rotation: the new key's introduction is signed by the old one).
+func (s *Store) InsertSignedBy(ctx context.Context, a *AuditSigner, e Event) (int64, error) {
+	if err := e.validate(); err != nil {
+		return 0, err
+	}
+	var seq int64
+	err := s.inTx(ctx, "appending to the audit log", func(ctx context.Context, tx pgx.Tx) error {
+		if err := lockAuditChain(ctx, tx); err != nil {
+			return err
+		}
+		var err error
+		seq, err = s.insertSigned(ctx, tx, a, e)
+		return err
+	})
+	return seq, err
+}
+
+func (s *Store) insertSigned(ctx context.Context, tx pgx.Tx, a *AuditSigner, e Event) (int64, error) {
 	details := e.Details
 	if details == nil {
 		details = map[string]any{}
 	}
-	b, err := json.Marshal(details)
+	d, err := json.Marshal(details)
 	if err != nil {
 		return 0, fmt.Errorf("db: audit details: %w", err)
 	}
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return 0, err
+	}
+	ev := auditlog.Event{Version: auditlog.V2, ID: hex.EncodeToString(id[:]), At: time.Now().UTC().Truncate(time.Microsecond),
+		Actor: e.Actor, Action: e.Action, Subject: e.Subject, Details: d, Key: a.ID}
+	canonical, err := ev.Canonical()
+	if err != nil {
+		return 0, fmt.Errorf("db: audit event: %w", err)
+	}
+	sig, err := a.Signer.Sign(rand.Reader, auditlog.Digest(canonical), crypto.SHA256)
+	if err != nil {
+		return 0, pstderr.Wrap(pstderr.Unavailable, err, "signing the audit event failed")
+	}
 	var seq int64
 	err = tx.QueryRow(ctx,
-		`INSERT INTO audit_log (actor, action, subject, details) VALUES ($1, $2, $3, $4::jsonb) RETURNING seq`,
-		e.Actor, e.Action, e.Subject, string(b)).Scan(&seq)
+		`INSERT INTO audit_log (version, event_id, canonical, key_id, sig) VALUES (2, $1, $2, $3, $4) RETURNING seq`,
+		ev.ID, string(canonical), a.ID, sig).Scan(&seq)
 	if err != nil {
 		return 0, wrap("appending to the audit log", err)
 	}
 	return seq, nil
 }
 
-// auditHash is the chain hash of one record; it must match the migration's
-// audit_log_hash function:
-//
-//	SHA-256("pstd-audit-v1" || prev_hash || int64be(seq) || int64be(at in Unix µs)
-//	        || for actor, action, subject, details: uint32be(len) || bytes)
-func auditHash(prev []byte, seq int64, at time.Time, actor, action, subject, details string) []byte {
-	h := sha256.New()
-	h.Write([]byte("pstd-audit-v1"))
-	h.Write(prev)
-	var n [8]byte
-	binary.BigEndian.PutUint64(n[:], uint64(seq))
-	h.Write(n[:])
-	binary.BigEndian.PutUint64(n[:], uint64(at.UnixMicro()))
-	h.Write(n[:])
-	for _, f := range []string{actor, action, subject, details} {
-		var l [4]byte
-		binary.BigEndian.PutUint32(l[:], uint32(len(f)))
-		h.Write(l[:])
-		h.Write([]byte(f))
+// AuditEvents streams the audit log from event fromSeq on, oldest first, as
+// the readable fields package auditlog verifies.
+func (s *Store) AuditEvents(ctx context.Context, fromSeq int64, fn func(auditlog.Event) error) error {
+	rows, err := s.q(ctx).Query(ctx, `
+		SELECT seq, version, coalesce(event_id, ''), at, actor, action, subject, details::text,
+		       coalesce(key_id, ''), coalesce(sig, ''::bytea), prev_hash, hash
+		  FROM audit_log WHERE seq >= $1 ORDER BY seq`, fromSeq)
+	if err != nil {
+		return wrap("reading the audit log", err)
 	}
-	return h.Sum(nil)
+	defer rows.Close()
+	for rows.Next() {
+		var e auditlog.Event
+		var details string
+		var version int16
+		if err := rows.Scan(&e.Seq, &version, &e.ID, &e.At, &e.Actor, &e.Action, &e.Subject, &details, &e.Key, &e.Sig, &e.PrevHash, &e.Hash); err != nil {
+			return wrap("reading the audit log", err)
+		}
+		e.Version = int(version)
+		e.Details = json.RawMessage(details)
+		if e.Version == auditlog.V1 {
+			e.LegacyDetails = details
+		}
+		if len(e.Sig) == 0 {
+			e.Sig = nil
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	return wrap("reading the audit log", rows.Err())
 }
 
 // AuditChainError reports the first audit record that does not verify.
-type AuditChainError struct {
-	Seq    int64 // the first broken record (or the first missing one)
-	Reason string
-}
+type AuditChainError = auditlog.Error
 
-func (e *AuditChainError) Error() string {
-	return fmt.Sprintf("db: audit log broken at seq %d: %s", e.Seq, e.Reason)
-}
-
-// VerifyAuditChain recomputes the whole chain in Go, independently of the
-// database's own hash function: sequence numbers must run 1, 2, 3, … without
-// gaps, each prev_hash must be the previous record's hash (32 zero bytes for
-// the first), and each hash must match the record. It returns how many
-// records verified; on the first failure, an *AuditChainError naming the
-// broken seq. Truncation of the newest records is not detectable from inside
-// the database: compare AuditHead with a copy kept elsewhere.
-func (s *Store) VerifyAuditChain(ctx context.Context) (int, error) {
-	rows, err := s.q(ctx).Query(ctx,
-		`SELECT seq, at, actor, action, subject, details::text, prev_hash, hash FROM audit_log ORDER BY seq`)
+// VerifyAuditChain checks every event (chain, signatures, key
+// introductions) and every checkpoint stored in the database, recomputing
+// everything in Go. It does not check the HSM's anchor (see
+// auditlog.Verifier.Anchor). It returns the verifier for more checks.
+func (s *Store) VerifyAuditChain(ctx context.Context) (*auditlog.Verifier, error) {
+	v := auditlog.NewVerifier()
+	if err := s.AuditEvents(ctx, 1, v.Add); err != nil {
+		return v, err
+	}
+	cps, err := s.Checkpoints(ctx)
 	if err != nil {
-		return 0, wrap("reading the audit log", err)
+		return v, err
 	}
-	defer rows.Close()
-	n := 0
-	prev := make([]byte, sha256.Size)
-	var want int64 = 1
-	for rows.Next() {
-		var (
-			seq                             int64
-			at                              time.Time
-			actor, action, subject, details string
-			prevHash, hash                  []byte
-		)
-		if err := rows.Scan(&seq, &at, &actor, &action, &subject, &details, &prevHash, &hash); err != nil {
-			return n, wrap("reading the audit log", err)
-		}
-		switch {
-		case seq != want:
-			return n, &AuditChainError{Seq: want, Reason: fmt.Sprintf("record missing (next stored record is %d)", seq)}
-		case !bytes.Equal(prevHash, prev):
-			return n, &AuditChainError{Seq: seq, Reason: "prev_hash does not match the previous record's hash"}
-		case !bytes.Equal(hash, auditHash(prevHash, seq, at, actor, action, subject, details)):
-			return n, &AuditChainError{Seq: seq, Reason: "hash does not match the record's contents"}
-		}
-		prev = hash
-		want++
-		n++
-	}
-	if err := rows.Err(); err != nil {
-		return n, wrap("reading the audit log", err)
-	}
-	return n, nil
+	return v, v.Checkpoints(cps)
 }
 
 // AuditHead returns the newest record's seq and hash (0 and nil for an empty

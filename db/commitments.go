@@ -121,7 +121,7 @@ func (s *Store) PublishCommitment(ctx context.Context, keyIDs []uint32, build fu
 			return wrap("publishing a commitment", err)
 		}
 		h := sha256.Sum256(body)
-		if _, err := appendAudit(ctx, tx, Event{
+		if _, err := s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionCommitmentPublish,
 			Subject: "commitment:" + strconv.FormatUint(id, 10),

@@ -123,7 +123,7 @@ func TestCommitmentConcurrentReplicas(t *testing.T) {
 			t.Fatalf("round %d: %d publications, %d builds; want 1 and 1", round, changes.Load(), builds.Load())
 		}
 	}
-	if n, err := a.VerifyAuditChain(ctx); err != nil || n != 1+3+3 {
+	if n, err := verifyAudit(t, a); err != nil || n != 2+3+3 {
 		t.Fatalf("VerifyAuditChain: %d, %v", n, err)
 	}
 }

@@ -2,13 +2,17 @@ package db
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"testing"
 	"time"
 
+	"github.com/pstd/pstd/auditlog"
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/internal/testenv"
 )
@@ -19,6 +23,7 @@ func newStore(t *testing.T) (*Store, string) {
 	t.Helper()
 	url := testenv.NewDatabase(t)
 	s := openStore(t, url)
+	s.SetAuditSigner(testAuditKey)
 	if err := s.Migrate(context.Background()); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
@@ -31,8 +36,32 @@ func openStore(t *testing.T, url string) *Store {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	s.SetAuditSigner(testAuditKey)
 	t.Cleanup(s.Close)
 	return s
+}
+
+// testAuditKey stands in for the HSM's audit key in this package's tests
+// (a crypto.Signer, the narrow interface the store uses); the tests of
+// signer/hsm, cmd/internal/wiring and e2e sign with a real SoftHSM key.
+var testAuditKey = func() *AuditSigner {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		panic(err)
+	}
+	return &AuditSigner{ID: "audit-1", PublicDER: der, Signer: k}
+}()
+
+// verifyAudit verifies the stored log and returns how many events verified.
+func verifyAudit(t *testing.T, s *Store) (int, error) {
+	t.Helper()
+	v, err := s.VerifyAuditChain(context.Background())
+	r, _ := v.Result()
+	return int(r.Events), err
 }
 
 // superExec runs SQL as the superuser the test cluster's URL names.
@@ -124,6 +153,9 @@ func auditActions(t *testing.T, s *Store) []string {
 	}
 	var out []string
 	for _, e := range entries {
+		if e.Action == auditlog.ActionKeyCreate {
+			continue // the audit key's own introduction, first on every log
+		}
 		out = append(out, e.Action+" "+e.Subject)
 	}
 	return out

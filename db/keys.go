@@ -207,7 +207,7 @@ func (s *Store) CreateKeyEpoch(ctx context.Context, e KeyEpoch, actor string) er
 		if err != nil {
 			return wrap("creating a key epoch", err)
 		}
-		_, err = appendAudit(ctx, tx, Event{
+		_, err = s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionKeyCreate,
 			Subject: keySubject(e.KeyID),
@@ -252,7 +252,7 @@ func (s *Store) RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) 
 		if err != nil {
 			return wrap("retiring a key epoch", err)
 		}
-		_, err = appendAudit(ctx, tx, Event{
+		_, err = s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionKeyRetire,
 			Subject: keySubject(keyID),

@@ -74,7 +74,7 @@ func TestKeyEpochCreateAndPartition(t *testing.T) {
 	if got := auditActions(t, s); !slices.Equal(got, want) {
 		t.Fatalf("audit: %q, want %q", got, want)
 	}
-	entries, _ := s.ListAudit(ctx, 1, 1)
+	entries, _ := s.ListAudit(ctx, 2, 1) // after the key introduction and schema.migrate
 	if len(entries) != 1 || entries[0].Actor != "alice" || !containsAll(string(entries[0].Details), `"public_key_sha256"`, `"not_before"`, `"expiry"`) {
 		t.Fatalf("key.create record: %+v", entries)
 	}

@@ -43,27 +43,47 @@ func (s *Store) provider() (*goose.Provider, *sql.DB, error) {
 // records the change in the audit log. Applied versions are kept in
 // goose_db_version; running Migrate on a current schema does nothing.
 func (s *Store) Migrate(ctx context.Context) error {
-	p, sqlDB, err := s.provider()
-	if err != nil {
+	from, to, err := s.MigrateOnly(ctx)
+	if err != nil || from == to {
 		return err
 	}
-	defer sqlDB.Close()
-	from, err := p.GetDBVersion(ctx)
+	if s.auditSigner.Load() == nil {
+		// The audit log takes only signed events; pstd records the
+		// migration when it migrates at start (--migrate), and every
+		// replica.start event carries the schema version.
+		s.log.Info("migrated without the HSM: no schema.migrate audit event", "from_version", from, "to_version", to)
+		return nil
+	}
+	return s.AuditMigration(ctx, from, to)
+}
+
+// MigrateOnly applies every pending migration without an audit event and
+// returns the versions before and after (equal when nothing was pending).
+func (s *Store) MigrateOnly(ctx context.Context) (from, to int64, err error) {
+	p, sqlDB, err := s.provider()
 	if err != nil {
-		return wrap("reading the schema version", err)
+		return 0, 0, err
+	}
+	defer sqlDB.Close()
+	if from, err = p.GetDBVersion(ctx); err != nil {
+		return 0, 0, wrap("reading the schema version", err)
 	}
 	results, err := p.Up(ctx)
 	if err != nil {
-		return wrap("migrating", err)
+		return from, from, wrap("migrating", err)
 	}
 	if len(results) == 0 {
-		return nil
+		return from, from, nil
 	}
-	to := results[len(results)-1].Source.Version
 	for _, r := range results {
 		s.log.Info("applied migration", "version", r.Source.Version, "file", r.Source.Path, "duration", r.Duration)
 	}
-	_, err = s.AppendAudit(ctx, Event{
+	return from, results[len(results)-1].Source.Version, nil
+}
+
+// AuditMigration records a migration from one schema version to another.
+func (s *Store) AuditMigration(ctx context.Context, from, to int64) error {
+	_, err := s.AppendAudit(ctx, Event{
 		Actor:   "pstd migrate",
 		Action:  "schema.migrate",
 		Subject: "schema",

@@ -70,9 +70,10 @@ func (s *Store) RecordRedemption(ctx context.Context, r Redemption, beforeCommit
 	var sync string
 	b.Queue(`INSERT INTO redemptions (key_id, nonce_hash, redeemed_at, record_id, redeeming_origin)
 		VALUES ($1, $2, coalesce($3, now()), $4, $5)
-		RETURNING current_setting('synchronous_commit')`,
+		RETURNING current_setting('synchronous_commit'), nextval('redemption_hwm')`,
 		int64(r.KeyID), r.NonceHash[:], nullTime(r.RedeemedAt), r.RecordID, origin).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&sync)
+		var hwm int64
+		return row.Scan(&sync, &hwm)
 	})
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		var se *SQLError
@@ -200,7 +201,7 @@ func (s *Store) DropExpiredRedemptions(ctx context.Context, keyID uint32, actor 
 		if rows == nil {
 			return nil // already dropped
 		}
-		_, err = appendAudit(ctx, tx, Event{
+		_, err = s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionRedemptionsDrop,
 			Subject: keySubject(keyID),

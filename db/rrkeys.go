@@ -77,7 +77,7 @@ func (s *Store) CreateRRKey(ctx context.Context, k RRKey, actor string) error {
 			}
 			return wrap("creating a record key", err)
 		}
-		_, err = appendAudit(ctx, tx, Event{
+		_, err = s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionRRKeyCreate,
 			Subject: "rr:" + k.ID,
@@ -112,7 +112,7 @@ func (s *Store) RetireRRKey(ctx context.Context, id string, notAfter time.Time, 
 			}
 			return nil
 		}
-		_, err = appendAudit(ctx, tx, Event{
+		_, err = s.appendAudit(ctx, tx, Event{
 			Actor:   actor,
 			Action:  ActionRRKeyRetire,
 			Subject: "rr:" + id,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,7 @@ const (
 	lockAudit      = 2
 	lockCommitment = 3
 	lockProvision  = 4 // creating token-wide objects (the KEK) once across replicas
+	lockCheckpoint = 5 // one audit checkpoint writer at a time
 )
 
 // Defaults applied by Open unless the URL sets them.
@@ -37,8 +39,9 @@ const (
 
 // Store is pstd's database. It is safe for concurrent use.
 type Store struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
+	pool        *pgxpool.Pool
+	log         *slog.Logger
+	auditSigner atomic.Pointer[AuditSigner]
 }
 
 // Option configures Open.

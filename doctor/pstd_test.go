@@ -51,6 +51,9 @@ func startPstd(t *testing.T, allowed []string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(svc.Close)
+	if err := svc.EnsureAuditKey(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := svc.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}

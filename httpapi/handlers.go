@@ -128,6 +128,9 @@ func checkVersion(r *http.Request) error {
 func (s *Server) checkReady() error {
 	if err := s.ready.current(); err != nil {
 		s.ready.request()
+		if errors.Is(err, pstderr.DatabaseBehind) {
+			return kindProblem(pstderr.DatabaseBehind, "the database is behind the audit head the HSM holds; an operator must fence (pstctl keys fence)")
+		}
 		return kindProblem(pstderr.Unavailable, "the issuer is not ready")
 	}
 	return nil
@@ -402,7 +405,11 @@ func (s *Server) readyz(c echo.Context) error {
 		if _, ok := pstderr.KindOf(err); ok {
 			detail = "not ready: " + pstderr.DetailOf(err)
 		}
-		return newProblem(http.StatusServiceUnavailable, pstderr.Unavailable.String(), detail, err)
+		reason := pstderr.Unavailable.String()
+		if errors.Is(err, pstderr.DatabaseBehind) {
+			reason = pstderr.DatabaseBehind.String()
+		}
+		return newProblem(http.StatusServiceUnavailable, reason, detail, err)
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }

@@ -75,7 +75,7 @@ func Status(k pstderr.Kind) int {
 		return http.StatusForbidden
 	case pstderr.RateLimited:
 		return http.StatusTooManyRequests
-	case pstderr.Unavailable:
+	case pstderr.Unavailable, pstderr.DatabaseBehind:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

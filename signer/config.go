@@ -18,7 +18,10 @@ const (
 	DefaultRecordLifetime   = 7 * 24 * time.Hour
 	DefaultRefreshInterval  = 5 * time.Second
 	DefaultRotationInterval = time.Minute
-	DefaultActor            = "pstd"
+	// DefaultCheckpointInterval bounds how long a change to the audit log
+	// or a redemption waits for a signed checkpoint (and the HSM's anchor).
+	DefaultCheckpointInterval = 10 * time.Second
+	DefaultActor              = "pstd"
 )
 
 // Config configures the issuer service. Zero fields take the defaults.
@@ -30,8 +33,10 @@ type Config struct {
 	Clock            Clock
 	RefreshInterval  time.Duration // how often replicas look for a new key set
 	RotationInterval time.Duration // how often the rotation policy runs
-	Logger           *slog.Logger
-	Actor            string // who the audit log names for automatic changes
+	// CheckpointInterval is how often a changed audit log is checkpointed.
+	CheckpointInterval time.Duration
+	Logger             *slog.Logger
+	Actor              string // who the audit log names for automatic changes
 	// Registerer, if set, receives the service's metrics (HSM and
 	// database errors, the signing key, rotation outcomes).
 	Registerer prometheus.Registerer
@@ -64,6 +69,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RotationInterval == 0 {
 		c.RotationInterval = DefaultRotationInterval
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = DefaultCheckpointInterval
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -102,6 +102,13 @@ func wipe(b []byte) {
 // in its own short transaction, so its table lock never waits behind HSM
 // work; it is best effort and the next step tries again.
 func (s *Service) Rotate(ctx context.Context) (bool, error) {
+	if s.audit.Load() != nil {
+		// A database behind the HSM's audit head gets no new keys or
+		// retirements until an operator fences.
+		if err := s.refreshFence(ctx); err != nil {
+			return false, err
+		}
+	}
 	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
 		now := s.cfg.Clock.Now()
 		epochs, err := s.store.KeyEpochs(ctx)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/pstd/pstd/db"
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer/voprf"
 )
@@ -19,6 +20,10 @@ func (s *Service) Reload(ctx context.Context) error {
 	defer s.mu.Unlock()
 	err := s.reload(ctx)
 	s.setLoadErr(err)
+	if err == nil && s.audit.Load() != nil {
+		// Serve nothing from a database behind the HSM's audit head.
+		err = s.refreshFence(ctx)
+	}
 	return err
 }
 
@@ -142,10 +147,19 @@ func (s *Service) Run(ctx context.Context) {
 	defer refresh.Stop()
 	rotate := time.NewTicker(s.cfg.RotationInterval)
 	defer rotate.Stop()
+	checkpoint := time.NewTicker(s.cfg.CheckpointInterval)
+	defer checkpoint.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-checkpoint.C:
+			if s.fenceErr() != nil || s.audit.Load() == nil {
+				continue // never checkpoint a database behind the anchor
+			}
+			if _, err := s.Checkpoint(ctx, false); err != nil && ctx.Err() == nil {
+				s.cfg.Logger.Error("writing the audit checkpoint failed", "err", err)
+			}
 		case <-rotate.C:
 			_, rerr := s.Rotate(ctx)
 			if rerr != nil {
@@ -161,6 +175,17 @@ func (s *Service) Run(ctx context.Context) {
 		case <-refresh.C:
 			if err := s.refreshIfChanged(ctx); err != nil {
 				s.cfg.Logger.Error("reloading keys failed", "err", err)
+			}
+			if s.audit.Load() == nil {
+				if err := s.EnsureAuditKey(ctx); err != nil && ctx.Err() == nil {
+					s.cfg.Logger.Error("loading the audit key failed", "err", err)
+				}
+			}
+			if s.audit.Load() != nil {
+				if err := s.refreshFence(ctx); err != nil && !errors.Is(err, pstderr.DatabaseBehind) && ctx.Err() == nil {
+					s.cfg.Logger.Error("checking the database against the HSM's audit head failed", "err", err)
+				}
+				s.followAuditKey(ctx)
 			}
 		}
 	}
@@ -182,3 +207,25 @@ func (s *Service) refreshIfChanged(ctx context.Context) error {
 
 // Close wipes every loaded key. Call it after the HTTP server has drained.
 func (s *Service) Close() { s.ring.wipe() }
+
+// followAuditKey switches to a newer audit key an operator introduced
+// (pstctl audit rotate-key), once the token holds it.
+func (s *Service) followAuditKey(ctx context.Context) {
+	cur := s.audit.Load()
+	keys, err := s.store.AuditKeys(ctx)
+	if err != nil || len(keys) == 0 || cur == nil || keys[len(keys)-1].ID == cur.ID {
+		return
+	}
+	newest := keys[len(keys)-1]
+	sg, err := s.custody.FindAuditKey(ctx, newest.ID)
+	if err != nil {
+		return
+	}
+	a := &db.AuditSigner{ID: newest.ID, PublicDER: newest.PublicKey, Signer: sg}
+	if samePublic(a) != nil {
+		return
+	}
+	s.store.SetAuditSigner(a)
+	s.audit.Store(a)
+	s.cfg.Logger.Info("signing the audit log with the newer audit key", "id", a.ID)
+}

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"time"
 
+	"github.com/pstd/pstd/auditlog"
 	"github.com/pstd/pstd/db"
 )
 
@@ -23,6 +24,13 @@ type Custody interface {
 	FindKEK(ctx context.Context) (bool, error)
 	EnsureKEK(ctx context.Context) error
 	CurrentKEKLabel() string
+	// The audit signing keys (ECDSA P-256, on the token) and the anchor:
+	// the newest signed audit checkpoint, kept on the token where a
+	// database restore cannot reach it.
+	GenerateAuditKey(ctx context.Context, id string) (crypto.Signer, error)
+	FindAuditKey(ctx context.Context, id string) (crypto.Signer, error)
+	ReadAnchor(ctx context.Context) ([]byte, bool, error)
+	WriteAnchor(ctx context.Context, b []byte) error
 	Ping(ctx context.Context) error
 }
 
@@ -49,6 +57,19 @@ type Store interface {
 	WithRotationLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
 	WithProvisionLock(ctx context.Context, fn func(ctx context.Context) error) error
 	AppendAudit(ctx context.Context, e db.Event) (int64, error)
+
+	// The signed audit log (see package auditlog and db/checkpoints.go).
+	SetAuditSigner(a *db.AuditSigner)
+	EnsureAuditKeyIntroduced(ctx context.Context) error
+	AuditSignerID() string
+	AuditKeys(ctx context.Context) ([]auditlog.KeyInfo, error)
+	InsertSignedBy(ctx context.Context, a *db.AuditSigner, e db.Event) (int64, error)
+	AuditState(ctx context.Context) (db.AuditState, error)
+	AuditHashAt(ctx context.Context, seq int64) ([]byte, bool, error)
+	LatestCheckpoint(ctx context.Context) (auditlog.Signed, bool, error)
+	CheckpointN(ctx context.Context, n int64) (auditlog.Signed, bool, error)
+	InsertCheckpoint(ctx context.Context, c auditlog.Signed) error
+	WithCheckpointLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
 }
 
 // epochTimes is a stored epoch's policy view.

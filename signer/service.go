@@ -31,6 +31,9 @@ type Service struct {
 	// loadErr is the last load's failure (nil: none). Atomic, so that
 	// readiness never waits behind a slow reload holding mu.
 	loadErr atomic.Pointer[loadFailure]
+	// fenced is set while the database is behind the HSM's audit anchor.
+	fenced atomic.Pointer[loadFailure]
+	audit  atomic.Pointer[db.AuditSigner] // the key that signs audit events
 }
 
 type loadFailure struct{ err error }
@@ -97,6 +100,9 @@ func (s *Service) BatchSize() int { return s.cfg.BatchSize }
 
 // Issue signs up to max blinded elements with the current signing key.
 func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, int, error) {
+	if err := s.fenceErr(); err != nil {
+		return nil, 0, err
+	}
 	req, err := voprf.ParseIssueRequest(request)
 	if err != nil {
 		return nil, 0, fromVOPRF(err)
@@ -126,6 +132,9 @@ func (l liveKeys) Key(id uint32) (*voprf.PrivateKey, bool) { return l.ks.live(id
 // only then returns the record. A failure at any step returns no record; a
 // failure before the commit leaves the token unspent.
 func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
+	if err := s.fenceErr(); err != nil {
+		return "", err
+	}
 	ks := s.ring.load()
 	rr := s.rr.Load()
 	if ks == nil || rr == nil {
@@ -192,6 +201,12 @@ func (s *Service) Ready(ctx context.Context) error {
 	}
 	if err := s.lastLoadErr(); err != nil {
 		return err
+	}
+	if err := s.fenceErr(); err != nil {
+		return err
+	}
+	if s.audit.Load() == nil {
+		return pstderr.New(pstderr.Unavailable, "audit key not loaded")
 	}
 	ks := s.ring.load()
 	if ks == nil {

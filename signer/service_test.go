@@ -9,8 +9,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/pstd/pstd/auditlog"
 	"github.com/pstd/pstd/db"
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer/voprf"
@@ -34,6 +37,7 @@ type memCustody struct {
 	rr       map[string]*ecdsa.PrivateKey
 	down     bool
 	kek      bool
+	anchor   []byte
 }
 
 func newMemCustody(t testing.TB) *memCustody {
@@ -101,6 +105,23 @@ func (m *memCustody) EnsureKEK(context.Context) error {
 	return nil
 }
 func (m *memCustody) CurrentKEKLabel() string { return "mem-kek-1" }
+func (m *memCustody) GenerateAuditKey(ctx context.Context, id string) (crypto.Signer, error) {
+	return m.GenerateRRKey(ctx, "audit:"+id)
+}
+func (m *memCustody) FindAuditKey(ctx context.Context, id string) (crypto.Signer, error) {
+	return m.FindRRKey(ctx, "audit:"+id)
+}
+func (m *memCustody) ReadAnchor(context.Context) ([]byte, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.anchor, m.anchor != nil, nil
+}
+func (m *memCustody) WriteAnchor(_ context.Context, b []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.anchor = append([]byte(nil), b...)
+	return nil
+}
 func (m *memCustody) Ping(context.Context) error {
 	if m.down {
 		return errors.New("token gone")
@@ -124,7 +145,12 @@ type memStore struct {
 	rr          []db.RRKey
 	redemptions map[[36]byte]db.Redemption
 	audit       []db.Event
+	auditKey    *db.AuditSigner
+	auditKeys   []auditlog.KeyInfo
+	checkpoints []auditlog.Signed
+	hwm         int64
 	lock        sync.Mutex
+	cpLock      sync.Mutex
 }
 
 func newMemStore() *memStore {
@@ -241,6 +267,7 @@ func (m *memStore) RecordRedemption(_ context.Context, r db.Redemption, sign fun
 		return pstderr.New(pstderr.AlreadyRedeemed, "token already redeemed")
 	}
 	m.signs++
+	m.hwm++ // drawn before the outcome is known, like the sequence
 	if err := sign(); err != nil {
 		return err // rolled back: nothing stored
 	}
@@ -261,6 +288,86 @@ func (m *memStore) AppendAudit(_ context.Context, e db.Event) (int64, error) {
 	m.audit = append(m.audit, e)
 	return int64(len(m.audit)), nil
 }
+func (m *memStore) SetAuditSigner(a *db.AuditSigner) { m.mu.Lock(); m.auditKey = a; m.mu.Unlock() }
+func (m *memStore) AuditSignerID() string            { m.mu.Lock(); defer m.mu.Unlock(); return m.auditKey.ID }
+func (m *memStore) AuditKeys(context.Context) ([]auditlog.KeyInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.auditKeys), nil
+}
+func (m *memStore) EnsureAuditKeyIntroduced(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, k := range m.auditKeys {
+		if k.ID == m.auditKey.ID {
+			return nil
+		}
+	}
+	m.auditKeys = append(m.auditKeys, auditlog.KeyInfo{ID: m.auditKey.ID, PublicKey: m.auditKey.PublicDER})
+	m.audit = append(m.audit, db.KeyIntroEvent("pstd", m.auditKey.ID, m.auditKey.PublicDER))
+	return nil
+}
+func (m *memStore) InsertSignedBy(_ context.Context, _ *db.AuditSigner, e db.Event) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e.Action == auditlog.ActionKeyCreate {
+		m.auditKeys = append(m.auditKeys, auditlog.KeyInfo{ID: e.Details["key"].(string), PublicKey: e.Details["public_key"].([]byte)})
+	}
+	m.audit = append(m.audit, e)
+	return int64(len(m.audit)), nil
+}
+func (m *memStore) auditHash(seq int64) []byte {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%d %v", seq, m.audit[seq-1])))
+	return h[:]
+}
+func (m *memStore) AuditState(context.Context) (db.AuditState, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := db.AuditState{Seq: int64(len(m.audit)), RedemptionHWM: m.hwm}
+	if st.Seq > 0 {
+		st.Hash = m.auditHash(st.Seq)
+	}
+	return st, nil
+}
+func (m *memStore) AuditHashAt(_ context.Context, seq int64) ([]byte, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if seq < 1 || seq > int64(len(m.audit)) {
+		return nil, false, nil
+	}
+	return m.auditHash(seq), true, nil
+}
+func (m *memStore) LatestCheckpoint(context.Context) (auditlog.Signed, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.checkpoints) == 0 {
+		return auditlog.Signed{}, false, nil
+	}
+	return m.checkpoints[len(m.checkpoints)-1], true, nil
+}
+func (m *memStore) CheckpointN(_ context.Context, n int64) (auditlog.Signed, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.checkpoints {
+		if cc, _, _ := c.Open(); cc.N == n {
+			return c, true, nil
+		}
+	}
+	return auditlog.Signed{}, false, nil
+}
+func (m *memStore) InsertCheckpoint(_ context.Context, c auditlog.Signed) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checkpoints = append(m.checkpoints, c)
+	return nil
+}
+func (m *memStore) WithCheckpointLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
+	if !m.cpLock.TryLock() {
+		return false, nil
+	}
+	defer m.cpLock.Unlock()
+	return true, fn(ctx)
+}
 func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
 	if !m.lock.TryLock() {
 		return false, nil
@@ -277,6 +384,9 @@ func newService(t testing.TB, clock Clock) (*Service, *memStore, *memCustody) {
 	st, cu := newMemStore(), newMemCustody(t)
 	s, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock}, st, cu)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnsureAuditKey(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return s, st, cu
@@ -650,5 +760,82 @@ func TestDatabaseErrorClassification(t *testing.T) {
 	st.redeemErr = nil
 	if _, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); err != nil {
 		t.Fatalf("the token was spent by a failed redemption: %v", err)
+	}
+}
+
+// The restore fence on test doubles: a database that loses what the
+// anchored checkpoint covers is refused (DatabaseBehind) until Fence retires
+// the keys live at the anchor and a new key signs.
+func TestRestoreFence(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	s, st, cu := newService(t, clock)
+	ctx := context.Background()
+	if _, err := s.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tok := issueToken(t, s)
+	// The "backup": the store as it is now.
+	st.mu.Lock()
+	backup := struct {
+		audit       []db.Event
+		checkpoints []auditlog.Signed
+		hwm         int64
+	}{slices.Clone(st.audit), slices.Clone(st.checkpoints), st.hwm}
+	st.mu.Unlock()
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Checkpoint(ctx, false); !ok || err != nil {
+		t.Fatalf("Checkpoint: %v %v", ok, err)
+	}
+	if cu.anchor == nil {
+		t.Fatal("no anchor on the token")
+	}
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("ready before the restore: %v", err)
+	}
+	// Restore the backup.
+	st.mu.Lock()
+	st.audit, st.checkpoints, st.hwm = backup.audit, backup.checkpoints, backup.hwm
+	st.redemptions = map[[36]byte]db.Redemption{}
+	st.mu.Unlock()
+	if err := s.Reload(ctx); !errors.Is(err, pstderr.DatabaseBehind) {
+		t.Fatalf("Reload after the restore: %v", err)
+	}
+	if err := s.Ready(ctx); !errors.Is(err, pstderr.DatabaseBehind) {
+		t.Fatalf("Ready after the restore: %v", err)
+	}
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); !errors.Is(err, pstderr.DatabaseBehind) {
+		t.Fatalf("the token spent after the backup: %v", err)
+	}
+	if _, err := s.Checkpoint(ctx, false); !errors.Is(err, pstderr.DatabaseBehind) {
+		t.Fatalf("a checkpoint of a database behind the anchor: %v", err)
+	}
+	newKey, retired, err := s.Fence(ctx, "op", "restored from the 02:00 backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(retired) != 1 || retired[0] == newKey {
+		t.Fatalf("Fence retired %v, new key %d", retired, newKey)
+	}
+	if err := s.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ready(ctx); err != nil {
+		t.Fatalf("ready after the fence: %v", err)
+	}
+	// The token spent after the backup does not redeem again: its key is retired.
+	if _, err := s.Redeem(ctx, redeemRequest(t, tok, clock.t)); !errors.Is(err, pstderr.UnknownKey) {
+		t.Fatalf("the token of a fenced key: %v", err)
+	}
+	// Fresh tokens issue and redeem.
+	if _, err := s.Redeem(ctx, redeemRequest(t, issueToken(t, s), clock.t)); err != nil {
+		t.Fatalf("a fresh token after the fence: %v", err)
+	}
+	if _, _, err := s.Fence(ctx, "op", "again"); err == nil {
+		t.Fatal("fenced a database that reaches the anchor")
 	}
 }

@@ -204,6 +204,13 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)
 	err = srv.Run(ctx, s.Listen, s.AdminListen)
 	cancelSvc()
+	svcRun.Wait()
+	// A clean stop leaves everything it recorded under a signed checkpoint.
+	cpCtx, cancelCP := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	if _, cerr := a.Service.Checkpoint(cpCtx, false); cerr != nil {
+		log.Warn("the audit checkpoint at shutdown failed", "err", cerr)
+	}
+	cancelCP()
 	log.Info("stopped; wiping keys and closing the HSM and database")
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
 		return nil

@@ -43,6 +43,11 @@ const (
 	RateLimited
 	// Unavailable: a dependency (database, HSM, keys) is not usable; fail closed.
 	Unavailable
+	// DatabaseBehind: the database is behind the audit head the HSM holds
+	// (restored from a backup, rolled back or truncated): spent tokens may
+	// be missing from it, so nothing is issued or redeemed until an
+	// operator fences (pstctl keys fence).
+	DatabaseBehind
 )
 
 var kindNames = [...]string{
@@ -57,6 +62,7 @@ var kindNames = [...]string{
 	Denied:          "denied",
 	RateLimited:     "rate-limited",
 	Unavailable:     "unavailable",
+	DatabaseBehind:  "database-behind-hsm",
 }
 
 // InternalReason is the stable reason of an error without a Kind.

@@ -71,6 +71,13 @@ type backend interface {
 	// deleteECKey destroys both halves; ok is false if nothing was found.
 	deleteECKey(label string) (ok bool, err error)
 
+	// readData reads the value of the token data object (CKO_DATA) with
+	// this label; ok is false if there is none.
+	readData(label string) (value []byte, ok bool, err error)
+	// writeData creates the private, non-modifiable-by-others token data
+	// object with this label, or replaces its value.
+	writeData(label string, value []byte) error
+
 	// random reads n bytes from the token's RNG.
 	random(n int) ([]byte, error)
 	// ping proves the connection is usable and logged in.

@@ -25,6 +25,7 @@ type fakeToken struct {
 	aes     map[string]objHandle
 	aesKeys map[objHandle]*fakeSecret
 	ec      map[string]*ecdsa.PrivateKey
+	data    map[string][]byte
 	conns   []*fakeConn
 
 	dials    int
@@ -238,6 +239,27 @@ func (c *fakeConn) deleteECKey(label string) (bool, error) {
 	_, ok := c.t.ec[label]
 	delete(c.t.ec, label)
 	return ok, nil
+}
+
+func (c *fakeConn) readData(label string) ([]byte, bool, error) {
+	if err := c.enter(); err != nil {
+		return nil, false, err
+	}
+	defer c.t.mu.Unlock()
+	v, ok := c.t.data[label]
+	return append([]byte(nil), v...), ok, nil
+}
+
+func (c *fakeConn) writeData(label string, value []byte) error {
+	if err := c.enter(); err != nil {
+		return err
+	}
+	defer c.t.mu.Unlock()
+	if c.t.data == nil {
+		c.t.data = map[string][]byte{}
+	}
+	c.t.data[label] = append([]byte(nil), value...)
+	return nil
 }
 
 func (c *fakeConn) random(n int) ([]byte, error) {

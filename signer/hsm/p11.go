@@ -522,6 +522,66 @@ func (c *p11conn) deleteECKey(label string) (bool, error) {
 	return n > 0, nil
 }
 
+func (c *p11conn) readData(label string) ([]byte, bool, error) {
+	var value []byte
+	var found bool
+	err := c.withSession(func(s pkcs11.SessionHandle) error {
+		hs, err := c.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		})
+		if err != nil {
+			return err
+		}
+		switch len(hs) {
+		case 0:
+			return nil
+		case 1:
+		default:
+			return fmt.Errorf("hsm: %d data objects are labelled %q", len(hs), label)
+		}
+		attrs, err := c.p.GetAttributeValue(s, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+		if err != nil {
+			return err
+		}
+		value, found = attrs[0].Value, true
+		return nil
+	})
+	return value, found, err
+}
+
+// writeData replaces the object rather than setting CKA_VALUE in place:
+// tokens differ in whether a data object's value is modifiable, and a new
+// object is created before the old one is destroyed, so a failure between
+// the two leaves two objects (readData then refuses) rather than none.
+func (c *p11conn) writeData(label string, value []byte) error {
+	return c.withSession(func(s pkcs11.SessionHandle) error {
+		old, err := c.find(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := c.p.CreateObject(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+			pkcs11.NewAttribute(pkcs11.CKA_APPLICATION, "pstd"),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE, value),
+		}); err != nil {
+			return err
+		}
+		for _, h := range old {
+			if err := c.p.DestroyObject(s, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 func (c *p11conn) random(n int) ([]byte, error) {
 	b := make([]byte, n)
 	if _, err := io.ReadFull(c.rng, b); err != nil {

@@ -255,6 +255,9 @@ func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
 	return out
 }
 
+// ValidateDatabase checks the database settings.
+func (s *Settings) ValidateDatabase() error { return s.validateDatabase() }
+
 func (s *Settings) validateDatabase() error {
 	switch {
 	case s.DatabaseURL == "" && s.DatabaseURLFile == "":

@@ -2,6 +2,7 @@ package wiring
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pstd/pstd/db"
+	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer"
 	"github.com/pstd/pstd/signer/hsm"
 )
@@ -79,8 +81,9 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
+	var from, to int64
 	if migrate {
-		if err := store.Migrate(ctx); err != nil {
+		if from, to, err = store.MigrateOnly(ctx); err != nil {
 			store.Close()
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
@@ -108,6 +111,23 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 		store.Close()
 		return nil, err
 	}
+	// The audit key signs every audit event, the KEK's creation included,
+	// so it comes first. It needs the database; a replica that starts while
+	// the database is down keeps retrying (and is not ready meanwhile).
+	if err := svc.EnsureAuditKey(ctx); err != nil {
+		if !errors.Is(err, pstderr.Unavailable) {
+			h.Close()
+			store.Close()
+			return nil, fmt.Errorf("audit key: %w", err)
+		}
+		log.Warn("the audit key is not loaded yet; not ready until it is", "err", err)
+	} else if from != to {
+		if err := store.AuditMigration(ctx, from, to); err != nil {
+			h.Close()
+			store.Close()
+			return nil, fmt.Errorf("migrate: %w", err)
+		}
+	}
 	if err := svc.EnsureKEK(ctx, hcfg.TokenLabel); err != nil {
 		h.Close()
 		store.Close()
@@ -121,4 +141,17 @@ func (a *App) Close() {
 	a.Service.Close()
 	_ = a.HSM.Close()
 	a.Store.Close()
+}
+
+// HSMConfigured reports whether the settings name a token.
+func (s *Settings) HSMConfigured() bool { return s.validateHSM() == nil }
+
+// OpenHSM opens the token alone (for commands that read from it, such as
+// the audit anchor, without running the service).
+func OpenHSM(s *Settings, log *slog.Logger) (*hsm.HSM, error) {
+	cfg, err := s.HSMConfig(log)
+	if err != nil {
+		return nil, err
+	}
+	return hsm.Open(cfg)
 }

@@ -1,0 +1,60 @@
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+)
+
+// AuditKeyID is the id of audit signing key generation gen ("audit-<gen>");
+// its token label is RRKeyLabel(AuditKeyID(gen)), "pstd-audit-<gen>". Audit
+// keys are ECDSA P-256 pairs made on the token like the record keys, and
+// sign the audit log's events and checkpoints; they never sign records.
+func AuditKeyID(gen int) string { return fmt.Sprintf("audit-%d", gen) }
+
+// GenerateAuditKey creates audit key id on the token (see GenerateRRKey).
+func (h *HSM) GenerateAuditKey(ctx context.Context, id string) (crypto.Signer, error) {
+	return h.GenerateRRKey(ctx, id)
+}
+
+// FindAuditKey returns audit key id, or ErrKeyNotFound.
+func (h *HSM) FindAuditKey(ctx context.Context, id string) (crypto.Signer, error) {
+	return h.FindRRKey(ctx, id)
+}
+
+// AnchorLabel is the token data object that holds the newest signed audit
+// checkpoint: a copy of the audit head that a database restore or rollback
+// cannot reach.
+const AnchorLabel = "pstd-audit-head"
+
+// maxAnchor bounds what is read back from the token.
+const maxAnchor = 64 << 10
+
+// ReadAnchor returns the token-held checkpoint; ok is false if none was
+// ever written.
+func (h *HSM) ReadAnchor(ctx context.Context) (b []byte, ok bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	err = h.do(func(l *live) error {
+		var err error
+		b, ok, err = l.b.readData(AnchorLabel)
+		return err
+	})
+	if err == nil && len(b) > maxAnchor {
+		return nil, false, errors.New("hsm: the audit anchor is implausibly large")
+	}
+	return b, ok, err
+}
+
+// WriteAnchor replaces the token-held checkpoint.
+func (h *HSM) WriteAnchor(ctx context.Context, b []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(b) == 0 || len(b) > maxAnchor {
+		return fmt.Errorf("hsm: audit anchor of %d bytes", len(b))
+	}
+	return h.do(func(l *live) error { return l.b.writeData(AnchorLabel, b) })
+}
