@@ -25,7 +25,8 @@ FUZZ_TARGETS := \
 	./rp:FuzzParseJWKS \
 	./httpapi:FuzzIssuanceHandler \
 	./httpapi:FuzzRedemptionHandler \
-	./doctor:FuzzAnalyzeCommitment
+	./doctor:FuzzAnalyzeCommitment \
+	./auditlog:FuzzReadBundle
 FUZZTIME ?= 50000x
 
 .PHONY: all build deps setup run stop test lint fmt fuzz bench clean
