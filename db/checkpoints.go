@@ -162,3 +162,13 @@ func (s *Store) EnsureAuditKeyIntroduced(ctx context.Context) error {
 		return err
 	})
 }
+
+// WithCheckpointLockWait runs fn holding the checkpoint lock, waiting for it.
+func (s *Store) WithCheckpointLockWait(ctx context.Context, fn func(ctx context.Context) error) error {
+	return s.inTx(ctx, "writing the audit anchor", func(ctx context.Context, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, lockClass, lockCheckpoint); err != nil {
+			return err
+		}
+		return fn(ctx)
+	})
+}

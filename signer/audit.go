@@ -209,45 +209,65 @@ func (s *Service) checkpoint(ctx context.Context, force bool, fence *auditlog.Fe
 		}
 		return nil
 	})
-	if err != nil || !held || out.Body == nil {
+	if err != nil {
 		return false, err
 	}
-	// Committed: now the anchor. Never replace a newer anchor (another
-	// replica may have checkpointed since), and never write one the
-	// database does not hold: a newer anchor than the database would fence
-	// every replica.
-	if cur, ok, err := s.readAnchor(ctx); err != nil {
-		return true, err
-	} else if ok {
-		cc, _, _ := cur.Open()
-		nc, _, _ := out.Open()
-		if cc.N >= nc.N {
-			return true, nil
-		}
-	}
-	b, err := out.Marshal()
-	if err != nil {
-		return true, err
-	}
-	if err := s.custody.WriteAnchor(ctx, b); err != nil {
-		return true, s.hsmErr(err, "writing the audit anchor to the token failed")
-	}
-	return true, nil
+	wrote := held && out.Body != nil
+	return wrote, s.syncAnchor(ctx)
 }
 
+// syncAnchor copies the database's newest checkpoint to the token if the
+// token's anchor is older (or missing): after every checkpoint, and on every
+// later run, so an anchor write that failed is retried. It runs only after
+// the checkpoint committed (an anchor newer than the database would fence
+// every replica), under the checkpoint lock so replicas write the token one
+// at a time, and never replaces a newer anchor.
+func (s *Service) syncAnchor(ctx context.Context) error {
+	return s.store.WithCheckpointLockWait(ctx, func(ctx context.Context) error {
+		latest, have, err := s.store.LatestCheckpoint(ctx)
+		if err != nil || !have {
+			return err
+		}
+		lc, _, err := latest.Open()
+		if err != nil {
+			return err
+		}
+		if cur, ok, err := s.readAnchor(ctx); err != nil {
+			return err
+		} else if ok {
+			if cc, _, _ := cur.Open(); cc.N >= lc.N {
+				return nil
+			}
+		}
+		b, err := latest.Marshal()
+		if err != nil {
+			return err
+		}
+		if err := s.custody.WriteAnchor(ctx, b); err != nil {
+			return s.hsmErr(err, "writing the audit anchor to the token failed")
+		}
+		return nil
+	})
+}
+
+// readAnchor returns the newest checkpoint the token holds.
 func (s *Service) readAnchor(ctx context.Context) (auditlog.Signed, bool, error) {
-	b, ok, err := s.custody.ReadAnchor(ctx)
+	vs, err := s.custody.ReadAnchor(ctx)
 	if err != nil {
 		return auditlog.Signed{}, false, s.hsmErr(err, "reading the audit anchor failed")
 	}
-	if !ok {
-		return auditlog.Signed{}, false, nil
+	var best auditlog.Signed
+	var bestN int64
+	for _, b := range vs {
+		a, err := auditlog.ParseSigned(b)
+		if err != nil {
+			return a, false, fmt.Errorf("the token's audit anchor: %w", err)
+		}
+		if c, _, _ := a.Open(); c.N > bestN {
+			best, bestN = a, c.N
+		}
 	}
-	a, err := auditlog.ParseSigned(b)
-	if err != nil {
-		return a, false, fmt.Errorf("the token's audit anchor: %w", err)
-	}
-	return a, true, nil
+	return best, bestN > 0, nil
 }
 
 // checkFence compares the database with the anchor on the token. A database

@@ -29,7 +29,7 @@ type Custody interface {
 	// database restore cannot reach it.
 	GenerateAuditKey(ctx context.Context, id string) (crypto.Signer, error)
 	FindAuditKey(ctx context.Context, id string) (crypto.Signer, error)
-	ReadAnchor(ctx context.Context) ([]byte, bool, error)
+	ReadAnchor(ctx context.Context) ([][]byte, error)
 	WriteAnchor(ctx context.Context, b []byte) error
 	Ping(ctx context.Context) error
 }
@@ -70,6 +70,7 @@ type Store interface {
 	CheckpointN(ctx context.Context, n int64) (auditlog.Signed, bool, error)
 	InsertCheckpoint(ctx context.Context, c auditlog.Signed) error
 	WithCheckpointLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
+	WithCheckpointLockWait(ctx context.Context, fn func(ctx context.Context) error) error
 }
 
 // epochTimes is a stored epoch's policy view.

@@ -111,10 +111,13 @@ func (m *memCustody) GenerateAuditKey(ctx context.Context, id string) (crypto.Si
 func (m *memCustody) FindAuditKey(ctx context.Context, id string) (crypto.Signer, error) {
 	return m.FindRRKey(ctx, "audit:"+id)
 }
-func (m *memCustody) ReadAnchor(context.Context) ([]byte, bool, error) {
+func (m *memCustody) ReadAnchor(context.Context) ([][]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.anchor, m.anchor != nil, nil
+	if m.anchor == nil {
+		return nil, nil
+	}
+	return [][]byte{m.anchor}, nil
 }
 func (m *memCustody) WriteAnchor(_ context.Context, b []byte) error {
 	m.mu.Lock()
@@ -367,6 +370,11 @@ func (m *memStore) WithCheckpointLock(ctx context.Context, fn func(context.Conte
 	}
 	defer m.cpLock.Unlock()
 	return true, fn(ctx)
+}
+func (m *memStore) WithCheckpointLockWait(ctx context.Context, fn func(context.Context) error) error {
+	m.cpLock.Lock()
+	defer m.cpLock.Unlock()
+	return fn(ctx)
 }
 func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
 	if !m.lock.TryLock() {

@@ -133,17 +133,15 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 					return herr
 				}
 				defer h.Close()
-				b, ok, herr := h.ReadAnchor(ctx)
+				vs, herr := h.ReadAnchor(ctx)
 				if herr != nil {
 					return herr
 				}
-				if ok {
-					a, perr := auditlog.ParseSigned(b)
-					if perr != nil {
-						err = perr
-					} else {
-						err = v.Anchor(a, "the HSM's anchor")
-					}
+				a, perr := newestAnchor(vs)
+				if perr != nil {
+					err = perr
+				} else if a != nil {
+					err = v.Anchor(*a, "the HSM's anchor")
 					anchors = append(anchors, "the HSM's anchor")
 				}
 			}
@@ -216,14 +214,12 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 					return err
 				}
 				defer h.Close()
-				if raw, ok, err := h.ReadAnchor(ctx); err != nil {
+				vs, err := h.ReadAnchor(ctx)
+				if err != nil {
 					return err
-				} else if ok {
-					a, err := auditlog.ParseSigned(raw)
-					if err != nil {
-						return err
-					}
-					b.Anchor = &a
+				}
+				if b.Anchor, err = newestAnchor(vs); err != nil {
+					return err
 				}
 			}
 			w := out
@@ -303,4 +299,21 @@ func fenceCommand(out io.Writer) *ffcli.Command {
 				return nil
 			})
 		})
+}
+
+// newestAnchor parses the token's anchor copies and returns the newest, or
+// nil if the token holds none.
+func newestAnchor(vs [][]byte) (*auditlog.Signed, error) {
+	var best *auditlog.Signed
+	var bestN int64
+	for _, b := range vs {
+		a, err := auditlog.ParseSigned(b)
+		if err != nil {
+			return nil, fmt.Errorf("the HSM's audit anchor: %w", err)
+		}
+		if c, _, _ := a.Open(); c.N > bestN {
+			best, bestN = &a, c.N
+		}
+	}
+	return best, nil
 }

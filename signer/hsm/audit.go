@@ -31,21 +31,25 @@ const AnchorLabel = "pstd-audit-head"
 // maxAnchor bounds what is read back from the token.
 const maxAnchor = 64 << 10
 
-// ReadAnchor returns the token-held checkpoint; ok is false if none was
-// ever written.
-func (h *HSM) ReadAnchor(ctx context.Context) (b []byte, ok bool, err error) {
+// ReadAnchor returns the token-held checkpoint copies: normally one, none
+// before the first checkpoint, two if a writer stopped half-way (the caller
+// takes the newest).
+func (h *HSM) ReadAnchor(ctx context.Context) ([][]byte, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	err = h.do(func(l *live) error {
+	var vs [][]byte
+	err := h.do(func(l *live) error {
 		var err error
-		b, ok, err = l.b.readData(AnchorLabel)
+		vs, err = l.b.readData(AnchorLabel)
 		return err
 	})
-	if err == nil && len(b) > maxAnchor {
-		return nil, false, errors.New("hsm: the audit anchor is implausibly large")
+	for _, b := range vs {
+		if len(b) > maxAnchor {
+			return nil, errors.New("hsm: the audit anchor is implausibly large")
+		}
 	}
-	return b, ok, err
+	return vs, err
 }
 
 // WriteAnchor replaces the token-held checkpoint.

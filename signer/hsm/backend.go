@@ -71,9 +71,11 @@ type backend interface {
 	// deleteECKey destroys both halves; ok is false if nothing was found.
 	deleteECKey(label string) (ok bool, err error)
 
-	// readData reads the value of the token data object (CKO_DATA) with
-	// this label; ok is false if there is none.
-	readData(label string) (value []byte, ok bool, err error)
+	// readData reads the values of the token data objects (CKO_DATA)
+	// with this label: normally one; none if never written; two if a
+	// writer stopped between creating the new object and destroying the
+	// old one.
+	readData(label string) (values [][]byte, err error)
 	// writeData creates the private, non-modifiable-by-others token data
 	// object with this label, or replaces its value.
 	writeData(label string, value []byte) error

@@ -241,13 +241,16 @@ func (c *fakeConn) deleteECKey(label string) (bool, error) {
 	return ok, nil
 }
 
-func (c *fakeConn) readData(label string) ([]byte, bool, error) {
+func (c *fakeConn) readData(label string) ([][]byte, error) {
 	if err := c.enter(); err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	defer c.t.mu.Unlock()
 	v, ok := c.t.data[label]
-	return append([]byte(nil), v...), ok, nil
+	if !ok {
+		return nil, nil
+	}
+	return [][]byte{append([]byte(nil), v...)}, nil
 }
 
 func (c *fakeConn) writeData(label string, value []byte) error {

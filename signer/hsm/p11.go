@@ -522,9 +522,21 @@ func (c *p11conn) deleteECKey(label string) (bool, error) {
 	return n > 0, nil
 }
 
-func (c *p11conn) readData(label string) ([]byte, bool, error) {
-	var value []byte
-	var found bool
+// readData retries when another session replaced the object between the
+// find and the read (the old one's handle is then invalid).
+func (c *p11conn) readData(label string) ([][]byte, error) {
+	for attempt := 0; ; attempt++ {
+		vs, err := c.readDataOnce(label)
+		if code, ok := p11Code(err); ok && (code == pkcs11.CKR_OBJECT_HANDLE_INVALID || code == pkcs11.CKR_GENERAL_ERROR) && attempt < 5 {
+			time.Sleep(time.Duration(attempt+1) * 10 * time.Millisecond)
+			continue
+		}
+		return vs, err
+	}
+}
+
+func (c *p11conn) readDataOnce(label string) ([][]byte, error) {
+	var values [][]byte
 	err := c.withSession(func(s pkcs11.SessionHandle) error {
 		hs, err := c.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
@@ -533,21 +545,16 @@ func (c *p11conn) readData(label string) ([]byte, bool, error) {
 		if err != nil {
 			return err
 		}
-		switch len(hs) {
-		case 0:
-			return nil
-		case 1:
-		default:
-			return fmt.Errorf("hsm: %d data objects are labelled %q", len(hs), label)
+		for _, h := range hs {
+			attrs, err := c.p.GetAttributeValue(s, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
+			if err != nil {
+				return err
+			}
+			values = append(values, attrs[0].Value)
 		}
-		attrs, err := c.p.GetAttributeValue(s, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)})
-		if err != nil {
-			return err
-		}
-		value, found = attrs[0].Value, true
 		return nil
 	})
-	return value, found, err
+	return values, err
 }
 
 // writeData replaces the object rather than setting CKA_VALUE in place:
@@ -555,6 +562,21 @@ func (c *p11conn) readData(label string) ([]byte, bool, error) {
 // object is created before the old one is destroyed, so a failure between
 // the two leaves two objects (readData then refuses) rather than none.
 func (c *p11conn) writeData(label string, value []byte) error {
+	for attempt := 0; ; attempt++ {
+		err := c.writeDataOnce(label, value)
+		// A reader's session may hold the old object at the moment it is
+		// destroyed; SoftHSM2 then fails the call. Writing again is safe:
+		// each attempt destroys every older copy.
+		if code, ok := p11Code(err); ok && (code == pkcs11.CKR_GENERAL_ERROR || code == pkcs11.CKR_OBJECT_HANDLE_INVALID ||
+			code == pkcs11.CKR_TEMPLATE_INCONSISTENT) && attempt < 3 {
+			time.Sleep(time.Duration(attempt+1) * 20 * time.Millisecond)
+			continue
+		}
+		return err
+	}
+}
+
+func (c *p11conn) writeDataOnce(label string, value []byte) error {
 	return c.withSession(func(s pkcs11.SessionHandle) error {
 		old, err := c.find(s, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_DATA),
