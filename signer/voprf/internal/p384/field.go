@@ -1,0 +1,267 @@
+package p384
+
+import (
+	"encoding/binary"
+	"math/big"
+	"math/bits"
+)
+
+// fe is an element of GF(p), p = 2^384 − 2^128 − 2^96 + 2^32 − 1, in
+// Montgomery form a·R mod p with R = 2^384, as six little-endian 64-bit limbs,
+// always fully reduced to [0, p).
+type fe [6]uint64
+
+// feP holds p's limbs, least significant first.
+var feP = fe{
+	0x00000000ffffffff, 0xffffffff00000000, 0xfffffffffffffffe,
+	0xffffffffffffffff, 0xffffffffffffffff, 0xffffffffffffffff,
+}
+
+// feM0 is −p^−1 mod 2^64: p ≡ 2^32 − 1 (mod 2^64), whose inverse is
+// −(2^32 + 1).
+const feM0 = 0x0000000100000001
+
+// Constants derived once from their definitions (public values). Package
+// variable initialisation runs them before anything that uses them.
+var (
+	feRR, feOne = montgomeryConstants()        // R^2 mod p and R mod p (1 in Montgomery form)
+	feB         = feFromBigMont(mustHex(hexB)) // the curve coefficient b, Montgomery form
+)
+
+// Curve parameters from SEC 2 / FIPS 186-4 D.1.2.4.
+const (
+	hexP  = "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff"
+	hexN  = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973"
+	hexB  = "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef"
+	hexGx = "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7"
+	hexGy = "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f"
+)
+
+func mustHex(s string) *big.Int {
+	v, ok := new(big.Int).SetString(s, 16)
+	if !ok {
+		panic("p384: bad constant " + s)
+	}
+	return v
+}
+
+// feFromBig sets z to the limbs of v < 2^384 (no Montgomery conversion).
+func feFromBig(v *big.Int) fe {
+	var b [48]byte
+	v.FillBytes(b[:])
+	return feFromBE(&b)
+}
+
+func feFromBE(b *[48]byte) fe {
+	var z fe
+	for i := range z {
+		z[i] = binary.BigEndian.Uint64(b[48-8*(i+1):])
+	}
+	return z
+}
+
+func montgomeryConstants() (rr, one fe) {
+	p := mustHex(hexP)
+	if feFromBig(p) != feP {
+		panic("p384: limb constant of p disagrees with p")
+	}
+	r := new(big.Int).Lsh(big.NewInt(1), 384)
+	return feFromBig(new(big.Int).Mod(new(big.Int).Mul(r, r), p)), feFromBig(new(big.Int).Mod(r, p))
+}
+
+// feFromBigMont returns the Montgomery form of v < p.
+func feFromBigMont(v *big.Int) fe {
+	t := feFromBig(v)
+	var z fe
+	feMul(&z, &t, &feRR)
+	return z
+}
+
+// feMulGeneric sets z = x·y·R^−1 mod p (CIOS Montgomery multiplication).
+// It is constant time: the only data-dependent choice, the final
+// subtraction, is a masked select.
+func feMulGeneric(z, x, y *fe) {
+	var t [8]uint64
+	for i := range 6 {
+		// t += x·y[i]
+		var c uint64
+		for j := range 6 {
+			hi, lo := bits.Mul64(x[j], y[i])
+			var cc uint64
+			lo, cc = bits.Add64(lo, t[j], 0)
+			hi += cc
+			lo, cc = bits.Add64(lo, c, 0)
+			hi += cc
+			t[j], c = lo, hi
+		}
+		var cc uint64
+		t[6], cc = bits.Add64(t[6], c, 0)
+		t[7] = cc
+		// t = (t + m·p) / 2^64 with m chosen so that the low limb vanishes.
+		m := t[0] * feM0
+		hi, lo := bits.Mul64(m, feP[0])
+		_, cc = bits.Add64(lo, t[0], 0)
+		c = hi + cc
+		for j := 1; j < 6; j++ {
+			hi, lo = bits.Mul64(m, feP[j])
+			lo, cc = bits.Add64(lo, t[j], 0)
+			hi += cc
+			lo, cc = bits.Add64(lo, c, 0)
+			hi += cc
+			t[j-1], c = lo, hi
+		}
+		t[5], cc = bits.Add64(t[6], c, 0)
+		t[6] = t[7] + cc
+	}
+	// t < 2p: subtract p once if that does not borrow.
+	var d fe
+	var b uint64
+	for j := range 6 {
+		d[j], b = bits.Sub64(t[j], feP[j], b)
+	}
+	_, b = bits.Sub64(t[6], 0, b)
+	// b = 1: t < p, keep t; b = 0: take t − p.
+	keep := -b
+	for j := range 6 {
+		z[j] = (t[j] & keep) | (d[j] &^ keep)
+	}
+}
+
+func feSquare(z, x *fe) { feMul(z, x, x) }
+
+// feAdd sets z = x + y mod p.
+func feAdd(z, x, y *fe) {
+	var t fe
+	var c uint64
+	for j := range 6 {
+		t[j], c = bits.Add64(x[j], y[j], c)
+	}
+	var d fe
+	var b uint64
+	for j := range 6 {
+		d[j], b = bits.Sub64(t[j], feP[j], b)
+	}
+	_, b = bits.Sub64(c, 0, b)
+	keep := -b
+	for j := range 6 {
+		z[j] = (t[j] & keep) | (d[j] &^ keep)
+	}
+}
+
+// feSub sets z = x − y mod p.
+func feSub(z, x, y *fe) {
+	var t fe
+	var b uint64
+	for j := range 6 {
+		t[j], b = bits.Sub64(x[j], y[j], b)
+	}
+	// On borrow add p back.
+	mask := -b
+	var c uint64
+	for j := range 6 {
+		z[j], c = bits.Add64(t[j], feP[j]&mask, c)
+	}
+}
+
+// feNeg sets z = −x mod p.
+func feNeg(z, x *fe) {
+	var zero fe
+	feSub(z, &zero, x)
+}
+
+// feSelect sets z = x if cond == 1 and leaves z alone if cond == 0.
+func feSelect(z, x *fe, cond uint64) {
+	mask := -cond
+	for j := range 6 {
+		z[j] ^= (z[j] ^ x[j]) & mask
+	}
+}
+
+// feIsZero returns 1 if x = 0 and 0 otherwise.
+func feIsZero(x *fe) uint64 {
+	var acc uint64
+	for j := range 6 {
+		acc |= x[j]
+	}
+	// acc == 0 ⇔ (acc | −acc) has its top bit clear.
+	return 1 ^ ((acc | -acc) >> 63)
+}
+
+// feEqual returns 1 if x = y and 0 otherwise.
+func feEqual(x, y *fe) uint64 {
+	var acc uint64
+	for j := range 6 {
+		acc |= x[j] ^ y[j]
+	}
+	return 1 ^ ((acc | -acc) >> 63)
+}
+
+// feSetBytes decodes a big-endian 48-byte field element into Montgomery form.
+// It returns false if the value is not below p.
+func feSetBytes(z *fe, b []byte) bool {
+	if len(b) != 48 {
+		return false
+	}
+	t := feFromBE((*[48]byte)(b))
+	var bw uint64
+	for j := range 6 {
+		_, bw = bits.Sub64(t[j], feP[j], bw)
+	}
+	if bw == 0 { // t ≥ p; the encoding is public
+		return false
+	}
+	feMul(z, &t, &feRR)
+	return true
+}
+
+// feBytes writes x's canonical big-endian encoding to out.
+func feBytes(out []byte, x *fe) {
+	var one = fe{1}
+	var t fe
+	feMul(&t, x, &one) // leave Montgomery form
+	for i := range 6 {
+		binary.BigEndian.PutUint64(out[48-8*(i+1):], t[i])
+	}
+}
+
+func feSquareN(z, x *fe, n int) {
+	*z = *x
+	for range n {
+		feSquare(z, z)
+	}
+}
+
+// feInvert sets z = x^−1 = x^(p−2) mod p (0 for x = 0), in constant time: a
+// fixed addition chain for p − 2, whose binary form is 255 ones, a zero, 32
+// ones, 64 zeros, 30 ones, a zero and a one.
+func feInvert(z, x *fe) {
+	var x2, x3, x6, x12, x15, x30, x32, x60, x120, x240, t fe
+	feSquare(&x2, x)
+	feMul(&x2, &x2, x) // 2^2 − 1
+	feSquare(&x3, &x2)
+	feMul(&x3, &x3, x) // 2^3 − 1
+	feSquareN(&x6, &x3, 3)
+	feMul(&x6, &x6, &x3)
+	feSquareN(&x12, &x6, 6)
+	feMul(&x12, &x12, &x6)
+	feSquareN(&x15, &x12, 3)
+	feMul(&x15, &x15, &x3)
+	feSquareN(&x30, &x15, 15)
+	feMul(&x30, &x30, &x15)
+	feSquareN(&x32, &x30, 2)
+	feMul(&x32, &x32, &x2)
+	feSquareN(&x60, &x30, 30)
+	feMul(&x60, &x60, &x30)
+	feSquareN(&x120, &x60, 60)
+	feMul(&x120, &x120, &x60)
+	feSquareN(&x240, &x120, 120)
+	feMul(&x240, &x240, &x120)
+	feSquareN(&t, &x240, 15)
+	feMul(&t, &t, &x15) // 255 ones
+	feSquareN(&t, &t, 1+32)
+	feMul(&t, &t, &x32) // a zero, 32 ones
+	feSquareN(&t, &t, 64+30)
+	feMul(&t, &t, &x30) // 64 zeros, 30 ones
+	feSquareN(&t, &t, 2)
+	feMul(z, &t, x) // a zero and a one
+}

@@ -1,0 +1,138 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// p = 2^384 − 2^128 − 2^96 + 2^32 − 1, little-endian limbs.
+DATA p<>+0(SB)/8, $0x00000000ffffffff
+DATA p<>+8(SB)/8, $0xffffffff00000000
+DATA p<>+16(SB)/8, $0xfffffffffffffffe
+DATA p<>+24(SB)/8, $0xffffffffffffffff
+DATA p<>+32(SB)/8, $0xffffffffffffffff
+DATA p<>+40(SB)/8, $0xffffffffffffffff
+GLOBL p<>(SB), RODATA|NOPTR, $48
+
+// Montgomery multiplication, CIOS, one 64-bit word of y per row. The
+// accumulator t is R8…R15 (t0…t7), CX is zero, SI and DI point to x and y.
+// MULX leaves the flags alone, so the low halves of the products carry along
+// the CF chain (ADCX) and the high halves along the OF chain (ADOX). Nothing
+// here branches or indexes memory by a value.
+
+// ROW adds x·y[off/8] to t.
+#define ROW(off) \
+	MOVQ off(DI), DX; \
+	XORQ AX, AX; \
+	MULXQ 0(SI), AX, BX; \
+	ADCXQ AX, R8; \
+	ADOXQ BX, R9; \
+	MULXQ 8(SI), AX, BX; \
+	ADCXQ AX, R9; \
+	ADOXQ BX, R10; \
+	MULXQ 16(SI), AX, BX; \
+	ADCXQ AX, R10; \
+	ADOXQ BX, R11; \
+	MULXQ 24(SI), AX, BX; \
+	ADCXQ AX, R11; \
+	ADOXQ BX, R12; \
+	MULXQ 32(SI), AX, BX; \
+	ADCXQ AX, R12; \
+	ADOXQ BX, R13; \
+	MULXQ 40(SI), AX, BX; \
+	ADCXQ AX, R13; \
+	ADOXQ BX, R14; \
+	ADCXQ CX, R14; \
+	ADOXQ CX, R15; \
+	ADCXQ CX, R15
+
+// RED adds m·p to t, m = t0·(−p^−1) mod 2^64 = t0·(2^32 + 1), which clears
+// t0, and shifts t down one word.
+#define RED \
+	MOVQ R8, DX; \
+	SHLQ $32, DX; \
+	ADDQ R8, DX; \
+	XORQ AX, AX; \
+	MULXQ p<>+0(SB), AX, BX; \
+	ADCXQ AX, R8; \
+	ADOXQ BX, R9; \
+	MULXQ p<>+8(SB), AX, BX; \
+	ADCXQ AX, R9; \
+	ADOXQ BX, R10; \
+	MULXQ p<>+16(SB), AX, BX; \
+	ADCXQ AX, R10; \
+	ADOXQ BX, R11; \
+	MULXQ p<>+24(SB), AX, BX; \
+	ADCXQ AX, R11; \
+	ADOXQ BX, R12; \
+	MULXQ p<>+32(SB), AX, BX; \
+	ADCXQ AX, R12; \
+	ADOXQ BX, R13; \
+	MULXQ p<>+40(SB), AX, BX; \
+	ADCXQ AX, R13; \
+	ADOXQ BX, R14; \
+	ADCXQ CX, R14; \
+	ADOXQ CX, R15; \
+	ADCXQ CX, R15; \
+	MOVQ R9, R8; \
+	MOVQ R10, R9; \
+	MOVQ R11, R10; \
+	MOVQ R12, R11; \
+	MOVQ R13, R12; \
+	MOVQ R14, R13; \
+	MOVQ R15, R14; \
+	XORQ R15, R15
+
+// func feMulADX(z, x, y *fe)
+TEXT ·feMulADX(SB), NOSPLIT, $0-24
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	XORQ CX, CX
+	XORQ R8, R8
+	XORQ R9, R9
+	XORQ R10, R10
+	XORQ R11, R11
+	XORQ R12, R12
+	XORQ R13, R13
+	XORQ R14, R14
+	XORQ R15, R15
+
+	ROW(0)
+	RED
+	ROW(8)
+	RED
+	ROW(16)
+	RED
+	ROW(24)
+	RED
+	ROW(32)
+	RED
+	ROW(40)
+	RED
+
+	// t < 2p in R8…R14: subtract p and keep the difference unless it borrowed.
+	MOVQ R8, AX
+	MOVQ R9, BX
+	MOVQ R10, CX
+	MOVQ R11, DX
+	MOVQ R12, SI
+	MOVQ R13, DI
+	SUBQ p<>+0(SB), AX
+	SBBQ p<>+8(SB), BX
+	SBBQ p<>+16(SB), CX
+	SBBQ p<>+24(SB), DX
+	SBBQ p<>+32(SB), SI
+	SBBQ p<>+40(SB), DI
+	SBBQ $0, R14
+	CMOVQCC AX, R8
+	CMOVQCC BX, R9
+	CMOVQCC CX, R10
+	CMOVQCC DX, R11
+	CMOVQCC SI, R12
+	CMOVQCC DI, R13
+
+	MOVQ z+0(FP), AX
+	MOVQ R8, 0(AX)
+	MOVQ R9, 8(AX)
+	MOVQ R10, 16(AX)
+	MOVQ R11, 24(AX)
+	MOVQ R12, 32(AX)
+	MOVQ R13, 40(AX)
+	RET

@@ -1,0 +1,5 @@
+//go:build !amd64 || purego
+
+package p384
+
+func feMul(z, x, y *fe) { feMulGeneric(z, x, y) }

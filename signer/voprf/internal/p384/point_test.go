@@ -1,0 +1,279 @@
+package p384
+
+import (
+	"bytes"
+	"crypto/rand"
+	"math/big"
+	"testing"
+
+	"filippo.io/nistec"
+)
+
+var bigN = mustHex(hexN)
+
+func scalarFromBig(v *big.Int) [ScalarSize]byte {
+	var k [ScalarSize]byte
+	v.FillBytes(k[:])
+	return k
+}
+
+// edgeScalars are the scalars most likely to expose a recoding or
+// table-selection bug: 0, 1, 2, small values, n−1, n, n+1, 2^384−1, and
+// patterns that make every Booth digit ±16, 0 or alternate.
+func edgeScalars() [][ScalarSize]byte {
+	one := big.NewInt(1)
+	var out [][ScalarSize]byte
+	for _, v := range []*big.Int{
+		big.NewInt(0), one, big.NewInt(2), big.NewInt(15), big.NewInt(16), big.NewInt(17), big.NewInt(31), big.NewInt(32),
+		new(big.Int).Sub(bigN, one), bigN, new(big.Int).Add(bigN, one), new(big.Int).Sub(bigN, big.NewInt(2)),
+		new(big.Int).Rsh(bigN, 1),
+		new(big.Int).Sub(new(big.Int).Lsh(one, 384), one),
+		new(big.Int).Lsh(one, 383), new(big.Int).Lsh(one, 380), new(big.Int).Lsh(one, 379),
+	} {
+		out = append(out, scalarFromBig(v))
+	}
+	for _, pat := range []byte{0x55, 0xaa, 0x0f, 0xf0, 0x84, 0x21, 0x10, 0x80} {
+		var k [ScalarSize]byte
+		for i := range k {
+			k[i] = pat
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+func randomScalars(t testing.TB, n int) [][ScalarSize]byte {
+	out := make([][ScalarSize]byte, n)
+	for i := range out {
+		if _, err := rand.Read(out[i][:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// refPoint is nistec's P-384, the reference implementation.
+func refEncode(p *nistec.P384Point) []byte { return p.Bytes() }
+
+// encode returns p's encoding in nistec's convention: {0} for the identity.
+func encode(t testing.TB, p *Point) []byte {
+	b, ok := p.AppendBytes(nil)
+	if !ok {
+		if p.IsIdentity() != 1 {
+			t.Fatal("AppendBytes refused a non-identity point")
+		}
+		return []byte{0}
+	}
+	return b
+}
+
+// testPoints returns pairs of (ours, reference) points: G, −G, small
+// multiples, the identity and random multiples of G.
+func testPoints(t testing.TB, random int) ([]*Point, []*nistec.P384Point) {
+	var ours []*Point
+	var refs []*nistec.P384Point
+	add := func(k [ScalarSize]byte) {
+		r, err := nistec.NewP384Point().ScalarBaseMult(k[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, r)
+		if len(r.Bytes()) == 1 {
+			ours = append(ours, NewPoint())
+			return
+		}
+		p, err := NewPoint().SetBytes(r.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours = append(ours, p)
+	}
+	for _, v := range []int64{0, 1, 2, 3, 16, 17} {
+		add(scalarFromBig(big.NewInt(v)))
+	}
+	add(scalarFromBig(new(big.Int).Sub(bigN, big.NewInt(1)))) // −G
+	for _, k := range randomScalars(t, random) {
+		add(k)
+	}
+	return ours, refs
+}
+
+func TestScalarMultMatchesNistec(t *testing.T) {
+	withEachBackend(t, func(t *testing.T) {
+		ours, refs := testPoints(t, 4)
+		scalars := append(edgeScalars(), randomScalars(t, 8)...)
+		for i := range ours {
+			for _, k := range scalars {
+				want, err := nistec.NewP384Point().ScalarMult(refs[i], k[:])
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := NewPoint().ScalarMult(ours[i], &k)
+				if !bytes.Equal(encode(t, got), refEncode(want)) {
+					t.Fatalf("ScalarMult(point %d, %x) differs from nistec", i, k)
+				}
+			}
+		}
+	})
+}
+
+func TestScalarBaseMultMatchesNistec(t *testing.T) {
+	withEachBackend(t, func(t *testing.T) {
+		for _, k := range append(edgeScalars(), randomScalars(t, 16)...) {
+			want, err := nistec.NewP384Point().ScalarBaseMult(k[:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := NewPoint().ScalarBaseMult(&k)
+			if !bytes.Equal(encode(t, got), refEncode(want)) {
+				t.Fatalf("ScalarBaseMult(%x) differs from nistec", k)
+			}
+		}
+	})
+}
+
+func TestAddDoubleMatchNistec(t *testing.T) {
+	withEachBackend(t, func(t *testing.T) {
+		ours, refs := testPoints(t, 4)
+		for i := range ours {
+			for j := range ours {
+				want := nistec.NewP384Point().Add(refs[i], refs[j])
+				got := NewPoint().Add(ours[i], ours[j])
+				if !bytes.Equal(encode(t, got), refEncode(want)) {
+					t.Fatalf("Add(%d, %d) differs from nistec", i, j)
+				}
+			}
+			want := nistec.NewP384Point().Double(refs[i])
+			if got := NewPoint().Double(ours[i]); !bytes.Equal(encode(t, got), refEncode(want)) {
+				t.Fatalf("Double(%d) differs from nistec", i)
+			}
+			neg := NewPoint().Negate(ours[i])
+			if NewPoint().Add(neg, ours[i]).IsIdentity() != 1 {
+				t.Fatalf("P + (−P) is not the identity for point %d", i)
+			}
+		}
+	})
+}
+
+func TestEncodingAndBatch(t *testing.T) {
+	ours, refs := testPoints(t, 6)
+	var batch []*Point
+	var want []byte
+	for i := range ours {
+		if ours[i].IsIdentity() == 1 {
+			if _, ok := ours[i].AppendBytes(nil); ok {
+				t.Fatal("the identity has an uncompressed encoding")
+			}
+			continue
+		}
+		// A non-normalised representative of the same point.
+		p := NewPoint().Add(NewPoint().Double(ours[i]), NewPoint().Negate(ours[i]))
+		if p.Equal(ours[i]) != 1 {
+			t.Fatalf("2P − P ≠ P for point %d", i)
+		}
+		batch = append(batch, p)
+		want = append(want, refs[i].Bytes()...)
+	}
+	got, ok := AppendBatch([]byte("prefix"), batch)
+	if !ok || !bytes.Equal(got, append([]byte("prefix"), want...)) {
+		t.Fatal("AppendBatch differs from one-by-one encodings")
+	}
+	if _, ok := AppendBatch(nil, append(batch, NewPoint())); ok {
+		t.Fatal("AppendBatch encoded the identity")
+	}
+	if NewPoint().SetGenerator().Equal(NewPoint()) != 0 {
+		t.Fatal("G equals the identity")
+	}
+}
+
+func TestSetBytesRejects(t *testing.T) {
+	g, ok := NewPoint().SetGenerator().AppendBytes(nil)
+	if !ok {
+		t.Fatal("G has no encoding")
+	}
+	cases := map[string][]byte{
+		"empty":      nil,
+		"identity":   {0},
+		"compressed": append([]byte{2}, g[1:49]...),
+		"short":      g[:96],
+		"long":       append(append([]byte(nil), g...), 0),
+		"bad prefix": append([]byte{6}, g[1:]...),
+	}
+	offCurve := append([]byte(nil), g...)
+	offCurve[96] ^= 1
+	cases["off curve"] = offCurve
+	xIsP := append([]byte(nil), g...)
+	bigP.FillBytes(xIsP[1:49])
+	cases["x = p"] = xIsP
+	for name, b := range cases {
+		if _, err := NewPoint().SetBytes(b); err == nil {
+			t.Errorf("%s: SetBytes accepted it", name)
+		}
+	}
+}
+
+// FuzzP384ScalarMult compares ScalarMult and ScalarBaseMult with nistec for
+// arbitrary scalars (including ≥ n) on the point m·G for an arbitrary m.
+func FuzzP384ScalarMult(f *testing.F) {
+	for _, k := range edgeScalars() {
+		f.Add(k[:], []byte{1})
+		f.Add(k[:], []byte{0xff})
+	}
+	f.Fuzz(func(t *testing.T, k, m []byte) {
+		if len(k) > ScalarSize || len(m) > ScalarSize {
+			return
+		}
+		var ks, ms [ScalarSize]byte
+		copy(ks[ScalarSize-len(k):], k)
+		copy(ms[ScalarSize-len(m):], m)
+		ref, err := nistec.NewP384Point().ScalarBaseMult(ms[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := NewPoint().ScalarBaseMult(&ms)
+		if !bytes.Equal(encode(t, q), ref.Bytes()) {
+			t.Fatalf("ScalarBaseMult(%x) differs from nistec", ms)
+		}
+		want, err := nistec.NewP384Point().ScalarMult(ref, ks[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := NewPoint().ScalarMult(q, &ks); !bytes.Equal(encode(t, got), want.Bytes()) {
+			t.Fatalf("ScalarMult(%x·G, %x) differs from nistec", ms, ks)
+		}
+	})
+}
+
+func BenchmarkPoint(b *testing.B) {
+	k := randomScalars(b, 1)[0]
+	p := NewPoint().ScalarBaseMult(&k)
+	b.Run("Double", func(b *testing.B) {
+		for b.Loop() {
+			p.Double(p)
+		}
+	})
+	b.Run("Add", func(b *testing.B) {
+		q := NewPoint().SetGenerator()
+		for b.Loop() {
+			p.Add(p, q)
+		}
+	})
+	b.Run("ScalarMult", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			p.ScalarMult(p, &k)
+		}
+	})
+	b.Run("ScalarBaseMult", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			p.ScalarBaseMult(&k)
+		}
+	})
+	b.Run("AppendBytes", func(b *testing.B) {
+		var buf []byte
+		for b.Loop() {
+			buf, _ = p.AppendBytes(buf[:0])
+		}
+	})
+}
