@@ -7,10 +7,10 @@ import (
 	"math/big"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
 	"github.com/cloudflare/circl/group"
 
 	"github.com/pstd/pstd/internal/pstderr"
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // Sizes of P-384 encodings.
@@ -59,11 +59,11 @@ var orderBig = new(big.Int).SetBytes(orderBytes)
 // parseElement decodes a wire (uncompressed) element. It rejects any other
 // length or form, points off the curve and — because the uncompressed form
 // cannot encode it — the identity.
-func parseElement(b []byte) (*nistec.P384Point, error) {
+func parseElement(b []byte) (*p384.Point, error) {
 	if len(b) != ElementSize || b[0] != 4 {
 		return nil, pstderr.New(pstderr.BadPoint, "element is not a 97-byte uncompressed point")
 	}
-	p, err := nistec.NewP384Point().SetBytes(b)
+	p, err := p384.NewPoint().SetBytes(b)
 	if err != nil {
 		return nil, pstderr.New(pstderr.BadPoint, "element is not on P-384")
 	}
@@ -79,15 +79,12 @@ func compressFromUncompressed(dst *[CompressedSize]byte, u []byte) {
 
 // encodePoint writes p's uncompressed and compressed encodings. p must not be
 // the identity (callers check with isIdentity first where that can happen).
-func encodePoint(p *nistec.P384Point, unc []byte, comp *[CompressedSize]byte) {
-	copy(unc, p.Bytes())
-	compressFromUncompressed(comp, unc)
+func encodePoint(p *p384.Point, unc []byte, comp *[CompressedSize]byte) {
+	b, _ := p.AppendBytes(unc[:0])
+	compressFromUncompressed(comp, b)
 }
 
-func isIdentity(p *nistec.P384Point) bool {
-	b := p.Bytes()
-	return len(b) == 1
-}
+func isIdentity(p *p384.Point) bool { return p.IsIdentity() == 1 }
 
 // transcript appends I2OSP(len(b), 2) || b.
 func appendLenPrefixed(dst, b []byte) []byte {
@@ -95,12 +92,12 @@ func appendLenPrefixed(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-var p384 = group.P384
+var circlP384 = group.P384
 
 // hashToScalar is RFC 9497 HashToScalar for P384-SHA384: expand_message_xmd
 // with SHA-384 to 72 bytes, reduced mod n. Its input is always public.
 func hashToScalar(msg []byte) [ScalarSize]byte {
-	s := p384.HashToScalar(msg, dstHashToScalar)
+	s := circlP384.HashToScalar(msg, dstHashToScalar)
 	b, err := s.MarshalBinary()
 	if err != nil || len(b) != ScalarSize {
 		panic("voprf: HashToScalar produced a malformed scalar")
@@ -112,13 +109,13 @@ func hashToScalar(msg []byte) [ScalarSize]byte {
 
 // HashToGroup is RFC 9497 HashToGroup for P384-SHA384 (RFC 9380
 // P384_XMD:SHA-384_SSWU_RO_), applied to a public token nonce.
-func hashToGroup(msg []byte) *nistec.P384Point {
-	e := p384.HashToElement(msg, dstHashToGroup)
+func hashToGroup(msg []byte) *p384.Point {
+	e := circlP384.HashToElement(msg, dstHashToGroup)
 	b, err := e.MarshalBinary()
 	if err != nil {
 		panic("voprf: HashToGroup produced a malformed element")
 	}
-	p, err := nistec.NewP384Point().SetBytes(b)
+	p, err := p384.NewPoint().SetBytes(b)
 	if err != nil {
 		panic("voprf: HashToGroup produced an element off the curve")
 	}

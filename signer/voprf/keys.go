@@ -5,15 +5,15 @@ import (
 	"io"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
 
 	"github.com/pstd/pstd/internal/pstderr"
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // PublicKey is an issuer's public key pkS = k·G with its key id.
 type PublicKey struct {
 	KeyID uint32
-	point *nistec.P384Point
+	point *p384.Point
 	unc   [ElementSize]byte
 	comp  [CompressedSize]byte
 }
@@ -29,7 +29,7 @@ type PrivateKey struct {
 	wiped bool
 }
 
-func newPublicKey(keyID uint32, p *nistec.P384Point) (*PublicKey, error) {
+func newPublicKey(keyID uint32, p *p384.Point) (*PublicKey, error) {
 	if isIdentity(p) {
 		return nil, pstderr.New(pstderr.BadPoint, "public key is the identity")
 	}
@@ -50,7 +50,7 @@ func NewPrivateKey(keyID uint32, k []byte) (*PrivateKey, error) {
 	}
 	sk := &PrivateKey{kNat: kn}
 	copy(sk.k[:], k)
-	p, err := nistec.NewP384Point().ScalarBaseMult(sk.k[:])
+	p, err := p384.NewPoint().ScalarBaseMult(sk.k[:])
 	if err != nil {
 		return nil, pstderr.Wrap(pstderr.Internal, err, "scalar base multiplication failed")
 	}

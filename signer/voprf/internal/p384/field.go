@@ -129,38 +129,49 @@ func feMulGeneric(z, x, y *fe) {
 
 func feSquare(z, x *fe) { feMul(z, x, x) }
 
-// feAdd sets z = x + y mod p.
+// feAdd sets z = x + y mod p. (Unrolled: the Go compiler turns the
+// straight-line carry chains into ADC/SBB sequences, loops it does not.)
 func feAdd(z, x, y *fe) {
-	var t fe
-	var c uint64
-	for j := range 6 {
-		t[j], c = bits.Add64(x[j], y[j], c)
-	}
-	var d fe
-	var b uint64
-	for j := range 6 {
-		d[j], b = bits.Sub64(t[j], feP[j], b)
-	}
+	t0, c := bits.Add64(x[0], y[0], 0)
+	t1, c := bits.Add64(x[1], y[1], c)
+	t2, c := bits.Add64(x[2], y[2], c)
+	t3, c := bits.Add64(x[3], y[3], c)
+	t4, c := bits.Add64(x[4], y[4], c)
+	t5, c := bits.Add64(x[5], y[5], c)
+	d0, b := bits.Sub64(t0, feP[0], 0)
+	d1, b := bits.Sub64(t1, feP[1], b)
+	d2, b := bits.Sub64(t2, feP[2], b)
+	d3, b := bits.Sub64(t3, feP[3], b)
+	d4, b := bits.Sub64(t4, feP[4], b)
+	d5, b := bits.Sub64(t5, feP[5], b)
 	_, b = bits.Sub64(c, 0, b)
+	// b = 1: x + y < p, keep it; b = 0: take x + y − p.
 	keep := -b
-	for j := range 6 {
-		z[j] = (t[j] & keep) | (d[j] &^ keep)
-	}
+	z[0] = (t0 & keep) | (d0 &^ keep)
+	z[1] = (t1 & keep) | (d1 &^ keep)
+	z[2] = (t2 & keep) | (d2 &^ keep)
+	z[3] = (t3 & keep) | (d3 &^ keep)
+	z[4] = (t4 & keep) | (d4 &^ keep)
+	z[5] = (t5 & keep) | (d5 &^ keep)
 }
 
 // feSub sets z = x − y mod p.
 func feSub(z, x, y *fe) {
-	var t fe
-	var b uint64
-	for j := range 6 {
-		t[j], b = bits.Sub64(x[j], y[j], b)
-	}
+	t0, b := bits.Sub64(x[0], y[0], 0)
+	t1, b := bits.Sub64(x[1], y[1], b)
+	t2, b := bits.Sub64(x[2], y[2], b)
+	t3, b := bits.Sub64(x[3], y[3], b)
+	t4, b := bits.Sub64(x[4], y[4], b)
+	t5, b := bits.Sub64(x[5], y[5], b)
 	// On borrow add p back.
 	mask := -b
 	var c uint64
-	for j := range 6 {
-		z[j], c = bits.Add64(t[j], feP[j]&mask, c)
-	}
+	z[0], c = bits.Add64(t0, feP[0]&mask, 0)
+	z[1], c = bits.Add64(t1, feP[1]&mask, c)
+	z[2], c = bits.Add64(t2, feP[2]&mask, c)
+	z[3], c = bits.Add64(t3, feP[3]&mask, c)
+	z[4], c = bits.Add64(t4, feP[4]&mask, c)
+	z[5], _ = bits.Add64(t5, feP[5]&mask, c)
 }
 
 // feNeg sets z = −x mod p.

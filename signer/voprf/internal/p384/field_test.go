@@ -145,18 +145,22 @@ func TestFieldInvertAndBytes(t *testing.T) {
 func BenchmarkFieldMul(b *testing.B) {
 	x, y := feFromBig(mustHex(hexGx)), feFromBig(mustHex(hexGy))
 	b.Run("dispatch", func(b *testing.B) {
-		for b.Loop() {
-			feMul(&x, &x, &y)
-		}
+		cpuLoop(b, func() { feMul(&x, &x, &y) })
 	})
 	b.Run("generic", func(b *testing.B) {
-		for b.Loop() {
-			feMulGeneric(&x, &x, &y)
-		}
+		cpuLoop(b, func() { feMulGeneric(&x, &x, &y) })
 	})
 	b.Run("invert", func(b *testing.B) {
-		for b.Loop() {
-			feInvert(&x, &x)
-		}
+		cpuLoop(b, func() { feInvert(&x, &x) })
+	})
+}
+
+func BenchmarkFieldAdd(b *testing.B) {
+	x, y := feFromBig(mustHex(hexGx)), feFromBig(mustHex(hexGy))
+	b.Run("add", func(b *testing.B) {
+		cpuLoop(b, func() { feAdd(&x, &x, &y) })
+	})
+	b.Run("sub", func(b *testing.B) {
+		cpuLoop(b, func() { feSub(&x, &x, &y) })
 	})
 }

@@ -96,6 +96,16 @@ func (p *Point) Equal(q *Point) int {
 	return int(feEqual(&a, &b) & feEqual(&c, &d))
 }
 
+// Bytes returns p's uncompressed encoding, or the single byte 0 for the
+// identity (as filippo.io/nistec does).
+func (p *Point) Bytes() []byte {
+	out, ok := p.AppendBytes(make([]byte, 0, ElementSize))
+	if !ok {
+		return []byte{0}
+	}
+	return out
+}
+
 // AppendBytes appends p's 97-byte uncompressed encoding to dst. It returns
 // ok = false, and dst unchanged, if p is the identity (which has no such
 // encoding). Whether p is the identity is treated as public.
@@ -313,10 +323,19 @@ func (p *Point) lookup(table *[tableSize]Point, abs uint64) {
 	}
 }
 
+var errScalarLength = errors.New("p384: scalar is not 48 bytes")
+
 // ScalarMult sets p = k·q, in constant time in k, and returns p. k is a
 // 48-byte big-endian integer; values ≥ n are allowed (the result is then
-// (k mod n)·q, as q has order n).
-func (p *Point) ScalarMult(q *Point, k *[ScalarSize]byte) *Point {
+// (k mod n)·q, as q has order n). Any other length is an error.
+func (p *Point) ScalarMult(q *Point, k []byte) (*Point, error) {
+	if len(k) != ScalarSize {
+		return nil, errScalarLength
+	}
+	return p.scalarMult(q, (*[ScalarSize]byte)(k)), nil
+}
+
+func (p *Point) scalarMult(q *Point, k *[ScalarSize]byte) *Point {
 	var table [tableSize]Point
 	table[0] = *q
 	table[1].Double(q)
@@ -363,8 +382,16 @@ func buildBaseTable() {
 	baseTable = t
 }
 
-// ScalarBaseMult sets p = k·G, in constant time in k, and returns p.
-func (p *Point) ScalarBaseMult(k *[ScalarSize]byte) *Point {
+// ScalarBaseMult sets p = k·G, in constant time in k, and returns p. k is as
+// for ScalarMult.
+func (p *Point) ScalarBaseMult(k []byte) (*Point, error) {
+	if len(k) != ScalarSize {
+		return nil, errScalarLength
+	}
+	return p.scalarBaseMult((*[ScalarSize]byte)(k)), nil
+}
+
+func (p *Point) scalarBaseMult(k *[ScalarSize]byte) *Point {
 	baseTableOnce.Do(buildBaseTable)
 	var acc, t Point
 	acc.SetIdentity()

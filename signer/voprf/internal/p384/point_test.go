@@ -108,7 +108,7 @@ func TestScalarMultMatchesNistec(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				got := NewPoint().ScalarMult(ours[i], &k)
+				got := NewPoint().scalarMult(ours[i], &k)
 				if !bytes.Equal(encode(t, got), refEncode(want)) {
 					t.Fatalf("ScalarMult(point %d, %x) differs from nistec", i, k)
 				}
@@ -124,7 +124,7 @@ func TestScalarBaseMultMatchesNistec(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := NewPoint().ScalarBaseMult(&k)
+			got := NewPoint().scalarBaseMult(&k)
 			if !bytes.Equal(encode(t, got), refEncode(want)) {
 				t.Fatalf("ScalarBaseMult(%x) differs from nistec", k)
 			}
@@ -230,7 +230,7 @@ func FuzzP384ScalarMult(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		q := NewPoint().ScalarBaseMult(&ms)
+		q := NewPoint().scalarBaseMult(&ms)
 		if !bytes.Equal(encode(t, q), ref.Bytes()) {
 			t.Fatalf("ScalarBaseMult(%x) differs from nistec", ms)
 		}
@@ -238,7 +238,7 @@ func FuzzP384ScalarMult(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := NewPoint().ScalarMult(q, &ks); !bytes.Equal(encode(t, got), want.Bytes()) {
+		if got := NewPoint().scalarMult(q, &ks); !bytes.Equal(encode(t, got), want.Bytes()) {
 			t.Fatalf("ScalarMult(%x·G, %x) differs from nistec", ms, ks)
 		}
 	})
@@ -246,34 +246,79 @@ func FuzzP384ScalarMult(f *testing.F) {
 
 func BenchmarkPoint(b *testing.B) {
 	k := randomScalars(b, 1)[0]
-	p := NewPoint().ScalarBaseMult(&k)
+	p := NewPoint().scalarBaseMult(&k)
 	b.Run("Double", func(b *testing.B) {
-		for b.Loop() {
-			p.Double(p)
-		}
+		cpuLoop(b, func() { p.Double(p) })
 	})
 	b.Run("Add", func(b *testing.B) {
 		q := NewPoint().SetGenerator()
-		for b.Loop() {
-			p.Add(p, q)
-		}
+		cpuLoop(b, func() { p.Add(p, q) })
 	})
 	b.Run("ScalarMult", func(b *testing.B) {
 		b.ReportAllocs()
-		for b.Loop() {
-			p.ScalarMult(p, &k)
-		}
+		cpuLoop(b, func() { p.scalarMult(p, &k) })
 	})
 	b.Run("ScalarBaseMult", func(b *testing.B) {
 		b.ReportAllocs()
-		for b.Loop() {
-			p.ScalarBaseMult(&k)
-		}
+		cpuLoop(b, func() { p.scalarBaseMult(&k) })
 	})
 	b.Run("AppendBytes", func(b *testing.B) {
 		var buf []byte
-		for b.Loop() {
-			buf, _ = p.AppendBytes(buf[:0])
+		cpuLoop(b, func() { buf, _ = p.AppendBytes(buf[:0]) })
+	})
+}
+
+// BenchmarkNistec is the reference's cost on the same machine in the same
+// run, for comparison with BenchmarkPoint.
+func BenchmarkNistec(b *testing.B) {
+	k := randomScalars(b, 1)[0]
+	p, _ := nistec.NewP384Point().ScalarBaseMult(k[:])
+	b.Run("Double", func(b *testing.B) {
+		cpuLoop(b, func() { p.Double(p) })
+	})
+	b.Run("ScalarMult", func(b *testing.B) {
+		cpuLoop(b, func() { _, _ = p.ScalarMult(p, k[:]) })
+	})
+	b.Run("ScalarBaseMult", func(b *testing.B) {
+		cpuLoop(b, func() { _, _ = p.ScalarBaseMult(k[:]) })
+	})
+}
+
+func TestMultiScalarMultMatchesNistec(t *testing.T) {
+	withEachBackend(t, func(t *testing.T) {
+		ours, refs := testPoints(t, 5)
+		for _, n := range []int{1, 2, len(ours)} {
+			scalars := append(edgeScalars(), randomScalars(t, n)...)[len(edgeScalars())-n+1:][:n]
+			want := nistec.NewP384Point()
+			for i := range n {
+				term, err := nistec.NewP384Point().ScalarMult(refs[i], scalars[i][:])
+				if err != nil {
+					t.Fatal(err)
+				}
+				want.Add(want, term)
+			}
+			got := NewPoint().MultiScalarMult(scalars, ours[:n])
+			if !bytes.Equal(encode(t, got), want.Bytes()) {
+				t.Fatalf("MultiScalarMult over %d terms differs from nistec", n)
+			}
+		}
+		// All-zero scalars give the identity.
+		if NewPoint().MultiScalarMult(make([][ScalarSize]byte, 2), ours[:2]).IsIdentity() != 1 {
+			t.Fatal("MultiScalarMult with zero scalars is not the identity")
 		}
 	})
+}
+
+func TestScalarLengthChecked(t *testing.T) {
+	for _, n := range []int{0, 47, 49} {
+		if _, err := NewPoint().ScalarMult(NewPoint().SetGenerator(), make([]byte, n)); err == nil {
+			t.Errorf("ScalarMult accepted a %d-byte scalar", n)
+		}
+		if _, err := NewPoint().ScalarBaseMult(make([]byte, n)); err == nil {
+			t.Errorf("ScalarBaseMult accepted a %d-byte scalar", n)
+		}
+	}
+	if b := NewPoint().Bytes(); !bytes.Equal(b, []byte{0}) {
+		t.Errorf("identity Bytes() = %x", b)
+	}
 }
