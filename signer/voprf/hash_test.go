@@ -1,0 +1,46 @@
+package voprf
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"testing"
+
+	"github.com/cloudflare/circl/expander"
+	"github.com/cloudflare/circl/group"
+)
+
+// hashToScalar and expandMessageXMD are compared with circl's independent
+// implementations on messages of every size class, including ones larger
+// than the stack buffer.
+func TestHashToScalarMatchesCircl(t *testing.T) {
+	for _, n := range []int{0, 1, 47, 48, 100, 163, 264, 300, 400, 600, 2000} {
+		msg := make([]byte, n)
+		if _, err := rand.Read(msg); err != nil {
+			t.Fatal(err)
+		}
+		want, err := group.P384.HashToScalar(msg, dstHashToScalar).MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hashToScalar(msg); !bytes.Equal(got[:], want) {
+			t.Fatalf("hashToScalar of %d bytes = %x, circl says %x", n, got, want)
+		}
+		for _, outLen := range []int{1, 48, 72, 97, 144, 255} {
+			got := make([]byte, outLen)
+			expandMessageXMD(got, msg, dstHashToGroup)
+			want := expander.NewExpanderMD(crypto.SHA384, dstHashToGroup).Expand(msg, uint(outLen))
+			if !bytes.Equal(got, want) {
+				t.Fatalf("expand_message_xmd(%d bytes → %d) differs from circl", n, outLen)
+			}
+		}
+	}
+}
+
+func BenchmarkHashToScalar(b *testing.B) {
+	msg := make([]byte, 163) // a composite weight's input
+	b.ReportAllocs()
+	for b.Loop() {
+		hashToScalar(msg)
+	}
+}
