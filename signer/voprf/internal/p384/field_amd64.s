@@ -44,33 +44,37 @@ GLOBL p<>(SB), RODATA|NOPTR, $48
 	ADCXQ CX, R15
 
 // RED adds m·p to t, m = t0·(−p^−1) mod 2^64 = t0·(2^32 + 1), which clears
-// t0, and shifts t down one word.
+// t0, and shifts t down one word. It uses p's shape instead of multiplying:
+// p = 2^384 − c with c = 2^128 + 2^96 − 2^32 + 1, so m·p = m·2^384 − m·c, and
+// m·c = v0 + v1·2^64 + v2·2^128 + v3·2^192 with
+//   v0 = m − lo, v1 = lo − hi − borrow, v2 = m + hi − borrow, v3 = carry,
+// where m·2^32 = hi·2^64 + lo. t0 − v0 = 0 exactly (that is how m was
+// chosen), so only v1…v3 are subtracted. The sum t + m·p is non-negative and
+// below 2^512, so the eight-word arithmetic is exact.
 #define RED \
 	MOVQ R8, DX; \
 	SHLQ $32, DX; \
 	ADDQ R8, DX; \
-	XORQ AX, AX; \
-	MULXQ p<>+0(SB), AX, BX; \
-	ADCXQ AX, R8; \
-	ADOXQ BX, R9; \
-	MULXQ p<>+8(SB), AX, BX; \
-	ADCXQ AX, R9; \
-	ADOXQ BX, R10; \
-	MULXQ p<>+16(SB), AX, BX; \
-	ADCXQ AX, R10; \
-	ADOXQ BX, R11; \
-	MULXQ p<>+24(SB), AX, BX; \
-	ADCXQ AX, R11; \
-	ADOXQ BX, R12; \
-	MULXQ p<>+32(SB), AX, BX; \
-	ADCXQ AX, R12; \
-	ADOXQ BX, R13; \
-	MULXQ p<>+40(SB), AX, BX; \
-	ADCXQ AX, R13; \
-	ADOXQ BX, R14; \
-	ADCXQ CX, R14; \
-	ADOXQ CX, R15; \
-	ADCXQ CX, R15; \
+	MOVQ DX, AX; \
+	SHLQ $32, AX; \
+	MOVQ DX, BX; \
+	SHRQ $32, BX; \
+	CMPQ DX, AX; \
+	SBBQ BX, AX; \
+	MOVQ DX, R8; \
+	SBBQ $0, R8; \
+	ADDQ BX, R8; \
+	MOVQ CX, BX; \
+	ADCQ CX, BX; \
+	ADDQ DX, R14; \
+	ADCQ CX, R15; \
+	SUBQ AX, R9; \
+	SBBQ R8, R10; \
+	SBBQ BX, R11; \
+	SBBQ CX, R12; \
+	SBBQ CX, R13; \
+	SBBQ CX, R14; \
+	SBBQ CX, R15; \
 	MOVQ R9, R8; \
 	MOVQ R10, R9; \
 	MOVQ R11, R10; \

@@ -164,3 +164,60 @@ func BenchmarkFieldAdd(b *testing.B) {
 		cpuLoop(b, func() { feSub(&x, &x, &y) })
 	})
 }
+
+// mulReductionEdgeInputs returns pairs (x, y) for which the first Montgomery
+// round's m = t0·(2^32 + 1) mod 2^64 lies in [2^64 − 2^33, 2^64), where the
+// assembly's reduction carries out of m + (m >> 32) — a case random inputs hit
+// with probability about 2^−31 — and pairs with m < 2^33, where its borrows
+// behave differently. y0 = 1 makes t0 = x0 in the first round.
+func mulReductionEdgeInputs(t *testing.T, n int) [][2]*big.Int {
+	var out [][2]*big.Int
+	var rnd [8]byte
+	for len(out) < n {
+		if _, err := rand.Read(rnd[:]); err != nil {
+			t.Fatal(err)
+		}
+		r := uint64(rnd[0]) | uint64(rnd[1])<<8 | uint64(rnd[2])<<16 | uint64(rnd[3])<<24 | uint64(rnd[4]&1)<<32
+		m := ^r // top of the range
+		if len(out)%2 == 1 {
+			m = r // bottom of the range
+		}
+		x0 := m * 0xffffffff00000001 // m·(2^32 + 1)^−1 = m·(1 − 2^32) mod 2^64
+		x, err := rand.Int(rand.Reader, bigP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := rand.Int(rand.Reader, bigP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mask := new(big.Int).Lsh(big.NewInt(1), 64)
+		mask.Sub(mask, big.NewInt(1))
+		x.AndNot(x, mask).Or(x, new(big.Int).SetUint64(x0))
+		y.AndNot(y, mask).Or(y, big.NewInt(1))
+		if x.Cmp(bigP) >= 0 || y.Cmp(bigP) >= 0 {
+			continue
+		}
+		out = append(out, [2]*big.Int{x, y})
+	}
+	return out
+}
+
+func TestFieldMulReductionEdges(t *testing.T) {
+	pairs := mulReductionEdgeInputs(t, 4000)
+	for _, mul := range []struct {
+		name string
+		f    func(z, x, y *fe)
+	}{{"feMul", feMul}, {"feMulGeneric", feMulGeneric}} {
+		for _, p := range pairs {
+			x, y := feFromBig(p[0]), feFromBig(p[1])
+			var z fe
+			mul.f(&z, &x, &y)
+			want := new(big.Int).Mul(p[0], p[1])
+			want.Mul(want, bigRInv).Mod(want, bigP)
+			if got := limbsToBig(&z); got.Cmp(want) != 0 {
+				t.Fatalf("%s(%x, %x) = %x, want %x", mul.name, p[0], p[1], got, want)
+			}
+		}
+	}
+}
