@@ -18,6 +18,7 @@ FUZZ_TARGETS := \
 	./signer/voprf:FuzzParseKeyBlobs \
 	./signer/voprf:FuzzClientFinish \
 	./signer/voprf:FuzzParseCommitment \
+	./signer/voprf/internal/p384:FuzzP384ScalarMult \
 	./signer/hsm:FuzzParseURI \
 	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \
