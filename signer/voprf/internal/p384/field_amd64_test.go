@@ -23,3 +23,15 @@ func withEachBackend(t *testing.T, f func(t *testing.T)) {
 	t.Run("generic", f)
 	useADX = saved
 }
+
+// forEachBackend calls f with the assembly (where the CPU has it) and with
+// the portable field multiplication, for fuzz targets (which cannot t.Run).
+func forEachBackend(f func()) {
+	saved := useADX
+	defer func() { useADX = saved }()
+	if saved {
+		f()
+	}
+	useADX = false
+	f()
+}
