@@ -7,7 +7,6 @@ import (
 	"math/big"
 
 	"filippo.io/bigmod"
-	"github.com/cloudflare/circl/group"
 
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer/voprf/internal/p384"
@@ -92,8 +91,6 @@ func appendLenPrefixed(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-var circlP384 = group.P384
-
 // hashToScalar is RFC 9497 HashToScalar for P384-SHA384: expand_message_xmd
 // with SHA-384 to 72 bytes, reduced mod n. Its input is always public. It
 // works on the stack and with filippo.io/bigmod, not math/big.
@@ -165,16 +162,15 @@ func expandMessageXMD(out, msg, dst []byte) {
 }
 
 // HashToGroup is RFC 9497 HashToGroup for P384-SHA384 (RFC 9380
-// P384_XMD:SHA-384_SSWU_RO_), applied to a public token nonce.
+// P384_XMD:SHA-384_SSWU_RO_), applied to a public token nonce: 144 bytes of
+// expand_message_xmd, mapped by simplified SWU in package p384 (variable
+// time, which is fine for public input).
 func hashToGroup(msg []byte) *p384.Point {
-	e := circlP384.HashToElement(msg, dstHashToGroup)
-	b, err := e.MarshalBinary()
+	var u [p384.HashToFieldLen]byte
+	expandMessageXMD(u[:], msg, dstHashToGroup)
+	p, err := p384.NewPoint().SetUniformBytes(u[:])
 	if err != nil {
-		panic("voprf: HashToGroup produced a malformed element")
-	}
-	p, err := p384.NewPoint().SetBytes(b)
-	if err != nil {
-		panic("voprf: HashToGroup produced an element off the curve")
+		panic("voprf: HashToGroup: wrong number of uniform bytes")
 	}
 	return p
 }

@@ -37,6 +37,23 @@ func TestHashToScalarMatchesCircl(t *testing.T) {
 	}
 }
 
+// hashToGroup is compared with circl's RFC 9380 hash_to_curve.
+func TestHashToGroupMatchesCircl(t *testing.T) {
+	for _, n := range []int{0, 1, 64, 64, 64, 64, 100, 600} {
+		msg := make([]byte, n)
+		if _, err := rand.Read(msg); err != nil {
+			t.Fatal(err)
+		}
+		want, err := group.P384.HashToElement(msg, dstHashToGroup).MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hashToGroup(msg).Bytes(); !bytes.Equal(got, want) {
+			t.Fatalf("hashToGroup of %d bytes = %x, circl says %x", n, got, want)
+		}
+	}
+}
+
 func BenchmarkHashToScalar(b *testing.B) {
 	msg := make([]byte, 163) // a composite weight's input
 	b.ReportAllocs()

@@ -242,11 +242,10 @@ func feSquareN(z, x *fe, n int) {
 	}
 }
 
-// feInvert sets z = x^−1 = x^(p−2) mod p (0 for x = 0), in constant time: a
-// fixed addition chain for p − 2, whose binary form is 255 ones, a zero, 32
-// ones, 64 zeros, 30 ones, a zero and a one.
-func feInvert(z, x *fe) {
-	var x2, x3, x6, x12, x15, x30, x32, x60, x120, x240, t fe
+// feChain computes the powers x^(2^255 − 1), x^(2^32 − 1) and x^(2^30 − 1)
+// that both fixed exponents below are built from.
+func feChain(x *fe) (x255, x32, x30 fe) {
+	var x2, x3, x6, x12, x15, x60, x120, x240 fe
 	feSquare(&x2, x)
 	feMul(&x2, &x2, x) // 2^2 − 1
 	feSquare(&x3, &x2)
@@ -267,12 +266,32 @@ func feInvert(z, x *fe) {
 	feMul(&x120, &x120, &x60)
 	feSquareN(&x240, &x120, 120)
 	feMul(&x240, &x240, &x120)
-	feSquareN(&t, &x240, 15)
-	feMul(&t, &t, &x15) // 255 ones
+	feSquareN(&x255, &x240, 15)
+	feMul(&x255, &x255, &x15)
+	return x255, x32, x30
+}
+
+// feInvert sets z = x^−1 = x^(p−2) mod p (0 for x = 0), in constant time: a
+// fixed addition chain for p − 2, whose binary form is 255 ones, a zero, 32
+// ones, 64 zeros, 30 ones, a zero and a one.
+func feInvert(z, x *fe) {
+	t, x32, x30 := feChain(x)
 	feSquareN(&t, &t, 1+32)
 	feMul(&t, &t, &x32) // a zero, 32 ones
 	feSquareN(&t, &t, 64+30)
 	feMul(&t, &t, &x30) // 64 zeros, 30 ones
 	feSquareN(&t, &t, 2)
 	feMul(z, &t, x) // a zero and a one
+}
+
+// feSqrtCandidate sets z = x^((p+1)/4), a square root of x whenever x is a
+// square (p ≡ 3 mod 4). (p+1)/4 is 255 ones, a zero, 32 ones, 63 zeros, a one
+// and 30 zeros.
+func feSqrtCandidate(z, x *fe) {
+	t, x32, _ := feChain(x)
+	feSquareN(&t, &t, 1+32)
+	feMul(&t, &t, &x32)
+	feSquareN(&t, &t, 64)
+	feMul(&t, &t, x)
+	feSquareN(z, &t, 30)
 }

@@ -221,3 +221,20 @@ func TestFieldMulReductionEdges(t *testing.T) {
 		}
 	}
 }
+
+func TestFieldSqrtCandidate(t *testing.T) {
+	exp := new(big.Int).Rsh(new(big.Int).Add(bigP, big.NewInt(1)), 2)
+	for _, a := range randomFieldValues(t, 20) {
+		var b [48]byte
+		a.FillBytes(b[:])
+		var x, z fe
+		if !feSetBytes(&x, b[:]) {
+			t.Fatal("feSetBytes rejected a value below p")
+		}
+		feSqrtCandidate(&z, &x)
+		feBytes(b[:], &z)
+		if got, want := new(big.Int).SetBytes(b[:]), new(big.Int).Exp(a, exp, bigP); got.Cmp(want) != 0 {
+			t.Fatalf("x^((p+1)/4) for %x = %x, want %x", a, got, want)
+		}
+	}
+}

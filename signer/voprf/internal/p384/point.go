@@ -386,7 +386,10 @@ func (p *Point) lookup(table *[tableSize]Point, abs uint64) {
 	}
 }
 
-var errScalarLength = errors.New("p384: scalar is not 48 bytes")
+var (
+	errScalarLength  = errors.New("p384: scalar is not 48 bytes")
+	errUniformLength = errors.New("p384: hash_to_field needs 144 uniform bytes")
+)
 
 // ScalarMult sets p = k·q, in constant time in k, and returns p. k is a
 // 48-byte big-endian integer; values ≥ n are allowed (the result is then
