@@ -7,33 +7,128 @@ package p384
 //
 // It is Straus's interleaved method with an unsigned sliding window of width
 // msmWindow: all points share one chain of 384 doublings, and each point adds
-// about 384/(w+1) table entries of its odd multiples.
+// about 384/(w+1) table entries of its odd multiples, which are brought to
+// affine coordinates with one shared inversion so that each addition is a
+// cheap mixed one. Identity points and zero scalars contribute nothing.
 func (p *Point) MultiScalarMult(scalars [][ScalarSize]byte, points []*Point) *Point {
 	if len(scalars) != len(points) {
 		panic("p384: MultiScalarMult needs one scalar per point")
 	}
 	terms := make([]msmTerm, len(points))
 	top := -1
+	live := terms[:0] // terms with a non-zero scalar and a non-identity point
 	for i := range terms {
+		if points[i].IsIdentity() == 1 {
+			continue
+		}
 		t := terms[i].recode(&scalars[i])
 		if t < 0 {
 			continue
 		}
 		top = max(top, t)
 		terms[i].precompute(points[i])
+		live = append(live, terms[i])
 	}
-	var acc Point
-	acc.SetIdentity()
+	normalizeTables(live)
+
+	// A Jacobian accumulator with mixed (Jacobian + affine) additions: 3M+5S
+	// per doubling and 8M+3S per addition, against 8M+3S and 12M+2S for the
+	// complete projective formulas.
+	var acc jacobian
+	inf := true
 	for j := top; j >= 0; j-- {
-		acc.Double(&acc)
-		for i := range terms {
-			if d := terms[i].digits[j]; d != 0 {
-				acc.Add(&acc, &terms[i].table[d>>1])
+		if !inf {
+			acc.double()
+		}
+		for i := range live {
+			if d := live[i].digits[j]; d != 0 {
+				inf = acc.addAffineVarTime(inf, &live[i].affine[d>>1])
 			}
 		}
 	}
-	*p = acc
+	if inf {
+		return p.SetIdentity()
+	}
+	acc.toProjective(p)
 	return p
+}
+
+// affinePoint is (x, y) in Montgomery form, never the identity.
+type affinePoint struct {
+	x, y fe
+}
+
+// normalizeTables converts every table entry to affine coordinates with one
+// shared field inversion (Montgomery's trick). Table entries are odd
+// multiples jP, j < 32, of a non-identity point of prime order: never the
+// identity, so every Z is invertible.
+func normalizeTables(terms []msmTerm) {
+	n := len(terms) * msmTableSize
+	if n == 0 {
+		return
+	}
+	z := func(k int) *fe { return &terms[k/msmTableSize].table[k%msmTableSize].z }
+	prefix := make([]fe, n)
+	prefix[0] = *z(0)
+	for k := 1; k < n; k++ {
+		feMul(&prefix[k], &prefix[k-1], z(k))
+	}
+	var inv, zInv fe
+	feInvert(&inv, &prefix[n-1])
+	for k := n - 1; k >= 0; k-- {
+		if k > 0 {
+			feMul(&zInv, &inv, &prefix[k-1])
+			feMul(&inv, &inv, z(k))
+		} else {
+			zInv = inv
+		}
+		pt := &terms[k/msmTableSize].table[k%msmTableSize]
+		a := &terms[k/msmTableSize].affine[k%msmTableSize]
+		feMul(&a.x, &pt.x, &zInv)
+		feMul(&a.y, &pt.y, &zInv)
+	}
+}
+
+// addAffineVarTime sets j = j + q for the accumulator j (the identity if inf)
+// and returns whether the result is the identity. VARIABLE TIME: it branches
+// on the coordinates for the identity and the doubling cases, so it is only
+// for public data.
+func (j *jacobian) addAffineVarTime(inf bool, q *affinePoint) bool {
+	if inf {
+		j.x, j.y, j.z = q.x, q.y, feOne
+		return false
+	}
+	var zz, zzz, u2, s2, h, r fe
+	feSquare(&zz, &j.z)
+	feMul(&zzz, &zz, &j.z)
+	feMul(&u2, &q.x, &zz)
+	feMul(&s2, &q.y, &zzz)
+	feSub(&h, &u2, &j.x)
+	feSub(&r, &s2, &j.y)
+	if feIsZero(&h) == 1 {
+		if feIsZero(&r) == 1 { // j = q
+			j.double()
+			return false
+		}
+		return true // j = −q
+	}
+	var hh, hhh, v, t fe
+	feSquare(&hh, &h)
+	feMul(&hhh, &hh, &h)
+	feMul(&v, &j.x, &hh)
+	// X3 = r² − h³ − 2v
+	feSquare(&t, &r)
+	feSub(&t, &t, &hhh)
+	feSub(&t, &t, &v)
+	feSub(&t, &t, &v)
+	// Y3 = r(v − X3) − Y1·h³
+	feSub(&v, &v, &t)
+	feMul(&v, &v, &r)
+	feMul(&hhh, &hhh, &j.y)
+	feSub(&j.y, &v, &hhh)
+	j.x = t
+	feMul(&j.z, &j.z, &h)
+	return false
 }
 
 const (
@@ -45,6 +140,7 @@ const (
 // msmTerm holds one point's table of odd multiples and its recoded digits.
 type msmTerm struct {
 	table  [msmTableSize]Point
+	affine [msmTableSize]affinePoint
 	digits [scalarBits]uint8 // digits[j] odd ≤ 2^w−1, or 0; value Σ digits[j]·2^j
 }
 

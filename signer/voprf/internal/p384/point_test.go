@@ -324,3 +324,50 @@ func TestScalarLengthChecked(t *testing.T) {
 		t.Errorf("identity Bytes() = %x", b)
 	}
 }
+
+// BenchmarkMultiScalarMult is the composite M = Σ d_i·B_i of a batch of 10.
+func BenchmarkMultiScalarMult(b *testing.B) {
+	scalars := randomScalars(b, 10)
+	points := make([]*Point, 10)
+	for i := range points {
+		points[i] = NewPoint().scalarBaseMult(&randomScalars(b, 1)[0])
+	}
+	b.ReportAllocs()
+	cpuLoop(b, func() { NewPoint().MultiScalarMult(scalars, points) })
+}
+
+// The mixed addition's special cases: the accumulator equal to the table
+// entry (doubling), its negation (identity), additions after an identity,
+// and identity inputs.
+func TestMultiScalarMultExceptional(t *testing.T) {
+	g := NewPoint().SetGenerator()
+	p := NewPoint().scalarBaseMult(&randomScalars(t, 1)[0])
+	small := func(v int64) [ScalarSize]byte { return scalarFromBig(big.NewInt(v)) }
+	nMinus := func(v int64) [ScalarSize]byte { return scalarFromBig(new(big.Int).Sub(bigN, big.NewInt(v))) }
+	cases := []struct {
+		name    string
+		scalars [][ScalarSize]byte
+		points  []*Point
+	}{
+		{"P+P", [][ScalarSize]byte{small(1), small(1)}, []*Point{p, p}},
+		{"3P+3P", [][ScalarSize]byte{small(3), small(3)}, []*Point{p, p}},
+		{"P−P", [][ScalarSize]byte{small(1), nMinus(1)}, []*Point{p, p}},
+		{"P−P+5G", [][ScalarSize]byte{small(1), nMinus(1), small(5)}, []*Point{p, p, g}},
+		{"7P−7P", [][ScalarSize]byte{small(7), nMinus(7)}, []*Point{p, p}},
+		{"identity input", [][ScalarSize]byte{small(9), small(4)}, []*Point{NewPoint(), g}},
+		{"only identity", [][ScalarSize]byte{small(9)}, []*Point{NewPoint()}},
+		{"n·G", [][ScalarSize]byte{nMinus(0)}, []*Point{g}},
+	}
+	withEachBackend(t, func(t *testing.T) {
+		for _, c := range cases {
+			want := NewPoint()
+			for i := range c.points {
+				want.Add(want, NewPoint().scalarMult(c.points[i], &c.scalars[i]))
+			}
+			got := NewPoint().MultiScalarMult(c.scalars, c.points)
+			if got.Equal(want) != 1 || got.IsIdentity() != want.IsIdentity() {
+				t.Errorf("%s: MultiScalarMult differs from the sum of ScalarMults", c.name)
+			}
+		}
+	})
+}
