@@ -1,5 +1,7 @@
 package p384
 
+import "sync"
+
 // MultiScalarMult sets p = Σ scalars[i]·points[i] and returns p. It is
 // VARIABLE TIME: it skips zero windows and indexes tables by scalar digits.
 // Use it for public scalars only (VOPRF composite weights, challenges, proof
@@ -14,7 +16,9 @@ func (p *Point) MultiScalarMult(scalars [][ScalarSize]byte, points []*Point) *Po
 	if len(scalars) != len(points) {
 		panic("p384: MultiScalarMult needs one scalar per point")
 	}
-	terms := make([]msmTerm, len(points))
+	scratch := msmScratchPool.Get().(*msmScratch)
+	defer msmScratchPool.Put(scratch)
+	terms := scratch.terms(len(points))
 	top := -1
 	live := terms[:0] // terms with a non-zero scalar and a non-identity point
 	for i := range terms {
@@ -29,7 +33,7 @@ func (p *Point) MultiScalarMult(scalars [][ScalarSize]byte, points []*Point) *Po
 		terms[i].precompute(points[i])
 		live = append(live, terms[i])
 	}
-	normalizeTables(live)
+	normalizeTables(live, scratch)
 
 	// A Jacobian accumulator with mixed (Jacobian + affine) additions: 3M+5S
 	// per doubling and 8M+3S per addition, against 8M+3S and 12M+2S for the
@@ -53,6 +57,28 @@ func (p *Point) MultiScalarMult(scalars [][ScalarSize]byte, points []*Point) *Po
 	return p
 }
 
+// msmScratch is MultiScalarMult's working memory (about 4 KiB per term),
+// reused through a pool instead of being allocated per call. It holds only
+// public values: the points, their multiples and the public scalars' digits.
+type msmScratch struct {
+	buf    []msmTerm
+	prefix []fe
+}
+
+var msmScratchPool = sync.Pool{New: func() any { return new(msmScratch) }}
+
+// terms returns n terms with zeroed digits (recode sets only non-zero ones).
+func (s *msmScratch) terms(n int) []msmTerm {
+	if cap(s.buf) < n {
+		s.buf = make([]msmTerm, n)
+	}
+	t := s.buf[:n]
+	for i := range t {
+		t[i].digits = [scalarBits]uint8{}
+	}
+	return t
+}
+
 // affinePoint is (x, y) in Montgomery form, never the identity.
 type affinePoint struct {
 	x, y fe
@@ -62,13 +88,16 @@ type affinePoint struct {
 // shared field inversion (Montgomery's trick). Table entries are odd
 // multiples jP, j < 32, of a non-identity point of prime order: never the
 // identity, so every Z is invertible.
-func normalizeTables(terms []msmTerm) {
+func normalizeTables(terms []msmTerm, scratch *msmScratch) {
 	n := len(terms) * msmTableSize
 	if n == 0 {
 		return
 	}
 	z := func(k int) *fe { return &terms[k/msmTableSize].table[k%msmTableSize].z }
-	prefix := make([]fe, n)
+	if cap(scratch.prefix) < n {
+		scratch.prefix = make([]fe, n)
+	}
+	prefix := scratch.prefix[:n]
 	prefix[0] = *z(0)
 	for k := 1; k < n; k++ {
 		feMul(&prefix[k], &prefix[k-1], z(k))
