@@ -61,3 +61,27 @@ func BenchmarkHashToScalar(b *testing.B) {
 		hashToScalar(msg)
 	}
 }
+
+// FuzzHashToGroup compares hashToGroup (p384's simplified SWU) and
+// hashToScalar with circl's RFC 9380 implementation on arbitrary input.
+func FuzzHashToGroup(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(make([]byte, NonceSize))
+	f.Add(bytes.Repeat([]byte{0xff}, 300))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		want, err := group.P384.HashToElement(msg, dstHashToGroup).MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hashToGroup(msg).Bytes(); !bytes.Equal(got, want) {
+			t.Fatalf("hashToGroup(%x) = %x, circl says %x", msg, got, want)
+		}
+		wantS, err := group.P384.HashToScalar(msg, dstHashToScalar).MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hashToScalar(msg); !bytes.Equal(got[:], wantS) {
+			t.Fatalf("hashToScalar(%x) = %x, circl says %x", msg, got, wantS)
+		}
+	})
+}

@@ -371,3 +371,52 @@ func TestMultiScalarMultExceptional(t *testing.T) {
 		}
 	})
 }
+
+// FuzzP384MultiScalarMult compares the variable-time MultiScalarMult with
+// nistec on two terms, steering the second point to equal the first or its
+// negation so that the mixed addition's doubling and cancellation branches
+// get exercised.
+func FuzzP384MultiScalarMult(f *testing.F) {
+	f.Add([]byte{1}, []byte{1}, []byte{7}, []byte{9}, byte(0))
+	f.Add([]byte{1}, []byte{1}, []byte{7}, []byte{7}, byte(1))
+	f.Add([]byte{1}, []byte{1}, []byte{7}, []byte{7}, byte(2))
+	f.Add([]byte{3}, []byte{0xff, 0xff}, []byte{5}, []byte{1}, byte(1))
+	f.Fuzz(func(t *testing.T, s1, s2, m1, m2 []byte, mode byte) {
+		if len(s1) > ScalarSize || len(s2) > ScalarSize || len(m1) > ScalarSize || len(m2) > ScalarSize {
+			return
+		}
+		var k [2][ScalarSize]byte
+		var m [2][ScalarSize]byte
+		copy(k[0][ScalarSize-len(s1):], s1)
+		copy(k[1][ScalarSize-len(s2):], s2)
+		copy(m[0][ScalarSize-len(m1):], m1)
+		copy(m[1][ScalarSize-len(m2):], m2)
+		switch mode % 3 {
+		case 1: // second point = first point
+			m[1] = m[0]
+		case 2: // second point = −first point
+			neg := new(big.Int).Sub(bigN, new(big.Int).Mod(new(big.Int).SetBytes(m[0][:]), bigN))
+			m[1] = scalarFromBig(new(big.Int).Mod(neg, bigN))
+		}
+		want := nistec.NewP384Point()
+		var points []*Point
+		for i := range 2 {
+			ref, err := nistec.NewP384Point().ScalarBaseMult(m[i][:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			term, err := nistec.NewP384Point().ScalarMult(ref, k[i][:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			want.Add(want, term)
+			points = append(points, NewPoint().scalarBaseMult(&m[i]))
+		}
+		forEachBackend(func() {
+			got := NewPoint().MultiScalarMult(k[:], points)
+			if !bytes.Equal(encode(t, got), want.Bytes()) {
+				t.Fatalf("MultiScalarMult(%x, %x·G) differs from nistec", k, m)
+			}
+		})
+	})
+}
