@@ -409,8 +409,6 @@ func feMulGeneric(z, x, y *fe) {
 	z[5] = (t5 & keep) | (d5 &^ keep)
 }
 
-func feSquare(z, x *fe) { feMul(z, x, x) }
-
 // feAdd sets z = x + y mod p. (Unrolled: the Go compiler turns the
 // straight-line carry chains into ADC/SBB sequences, loops it does not.)
 func feAdd(z, x, y *fe) {

@@ -14,6 +14,19 @@ var useADX = cpu.X86.HasBMI2 && cpu.X86.HasADX
 //go:noescape
 func feMulADX(z, x, y *fe)
 
+// feSqrADX is feMulADX(z, x, x) with the squaring's shortcut.
+//
+//go:noescape
+func feSqrADX(z, x *fe)
+
+func feSquare(z, x *fe) {
+	if useADX {
+		feSqrADX(z, x)
+		return
+	}
+	feMulGeneric(z, x, x)
+}
+
 func feMul(z, x, y *fe) {
 	if useADX {
 		feMulADX(z, x, y)

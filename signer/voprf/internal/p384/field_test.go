@@ -150,6 +150,9 @@ func BenchmarkFieldMul(b *testing.B) {
 	b.Run("generic", func(b *testing.B) {
 		cpuLoop(b, func() { feMulGeneric(&x, &x, &y) })
 	})
+	b.Run("square", func(b *testing.B) {
+		cpuLoop(b, func() { feSquare(&x, &x) })
+	})
 	b.Run("invert", func(b *testing.B) {
 		cpuLoop(b, func() { feInvert(&x, &x) })
 	})
