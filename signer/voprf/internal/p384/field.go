@@ -17,9 +17,8 @@ var feP = fe{
 	0xffffffffffffffff, 0xffffffffffffffff, 0xffffffffffffffff,
 }
 
-// feM0 is −p^−1 mod 2^64: p ≡ 2^32 − 1 (mod 2^64), whose inverse is
-// −(2^32 + 1).
-const feM0 = 0x0000000100000001
+// Montgomery reduction uses m = t0·(−p^−1 mod 2^64) = t0·(2^32 + 1): p ≡
+// 2^32 − 1 (mod 2^64), whose inverse is −(2^32 + 1).
 
 // Constants derived once from their definitions (public values). Package
 // variable initialisation runs them before anything that uses them.
