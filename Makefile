@@ -18,6 +18,9 @@ FUZZ_TARGETS := \
 	./signer/voprf:FuzzParseKeyBlobs \
 	./signer/voprf:FuzzClientFinish \
 	./signer/voprf:FuzzParseCommitment \
+	./signer/voprf:FuzzHashToGroup \
+	./signer/voprf/internal/p384:FuzzP384ScalarMult \
+	./signer/voprf/internal/p384:FuzzP384MultiScalarMult \
 	./signer/hsm:FuzzParseURI \
 	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \

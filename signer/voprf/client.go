@@ -7,7 +7,8 @@ import (
 	"math/big"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
+
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // Client is the browser's half of PST v1 VOPRF, for tests, the load tool and
@@ -29,7 +30,7 @@ type Pending struct {
 	nonces  [][NonceSize]byte
 	blinds  [][ScalarSize]byte
 	blinded [][]byte
-	points  []*nistec.P384Point
+	points  []*p384.Point
 }
 
 // Request returns the issue request for p.
@@ -51,7 +52,7 @@ func (c *Client) Blind(count int, rand io.Reader) (*Pending, error) {
 		nonces:  make([][NonceSize]byte, count),
 		blinds:  make([][ScalarSize]byte, count),
 		blinded: make([][]byte, count),
-		points:  make([]*nistec.P384Point, count),
+		points:  make([]*p384.Point, count),
 	}
 	for i := range count {
 		if _, err := io.ReadFull(rand, p.nonces[i][:]); err != nil {
@@ -63,7 +64,7 @@ func (c *Client) Blind(count int, rand io.Reader) (*Pending, error) {
 		}
 		p.blinds[i] = b
 		h := hashToGroup(p.nonces[i][:])
-		bp, err := nistec.NewP384Point().ScalarMult(h, b[:])
+		bp, err := p384.NewPoint().ScalarMult(h, b[:])
 		if err != nil {
 			return nil, fmt.Errorf("blinding failed: %w", err)
 		}
@@ -103,7 +104,7 @@ func (c *Client) Finish(p *Pending, response []byte) ([]Token, error) {
 			return nil, fmt.Errorf("blind out of range: %w", err)
 		}
 		inv := bigmod.NewNat().Exp(b, nMinus2, orderN).Bytes(orderN) // b^-1, constant time
-		w, err := nistec.NewP384Point().ScalarMult(resp.points[i], inv)
+		w, err := p384.NewPoint().ScalarMult(resp.points[i], inv)
 		wipe(inv)
 		if err != nil {
 			return nil, fmt.Errorf("unblinding failed: %w", err)
@@ -117,7 +118,7 @@ func (c *Client) Finish(p *Pending, response []byte) ([]Token, error) {
 
 // verifyProof checks the batched DLEQ proof of resp over the blinded elements
 // (everything here is public, so it uses the variable-time msm).
-func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp *IssueResponse) error {
+func (c *Client) verifyProof(blinded [][]byte, bPoints []*p384.Point, resp *IssueResponse) error {
 	n := len(blinded)
 	d := make([][ScalarSize]byte, n)
 	var bComp, zComp [CompressedSize]byte
@@ -127,8 +128,8 @@ func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp
 		compressFromUncompressed(&zComp, resp.Evaluated[i])
 		d[i], buf = compositeWeight(buf, c.seed[:], i, bComp[:], zComp[:])
 	}
-	m := msm(nistec.NewP384Point(), d, bPoints)
-	z := msm(nistec.NewP384Point(), d, resp.points)
+	m := p384.NewPoint().MultiScalarMult(d, bPoints)
+	z := p384.NewPoint().MultiScalarMult(d, resp.points)
 
 	var cs, ss [ScalarSize]byte
 	copy(cs[:], resp.Proof[:ScalarSize])
@@ -139,12 +140,12 @@ func (c *Client) verifyProof(blinded [][]byte, bPoints []*nistec.P384Point, resp
 	if _, err := bigmod.NewNat().SetBytes(ss[:], orderN); err != nil {
 		return newError(BadProof, "proof response out of range")
 	}
-	g := nistec.NewP384Point().SetGenerator()
+	g := p384.NewPoint().SetGenerator()
 	sc := [][ScalarSize]byte{ss, cs}
-	t2 := msm(nistec.NewP384Point(), sc, []*nistec.P384Point{g, c.pub.point})
-	t3 := msm(nistec.NewP384Point(), sc, []*nistec.P384Point{m, z})
+	t2 := p384.NewPoint().MultiScalarMult(sc, []*p384.Point{g, c.pub.point})
+	t3 := p384.NewPoint().MultiScalarMult(sc, []*p384.Point{m, z})
 	var comps [4][CompressedSize]byte
-	for i, pt := range []*nistec.P384Point{m, z, t2, t3} {
+	for i, pt := range []*p384.Point{m, z, t2, t3} {
 		b := pt.Bytes()
 		if len(b) != ElementSize {
 			return newError(BadProof, "proof does not verify")

@@ -8,8 +8,8 @@ import (
 	"math/big"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
-	"github.com/cloudflare/circl/group"
+
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // Sizes of P-384 encodings.
@@ -58,11 +58,11 @@ var orderBig = new(big.Int).SetBytes(orderBytes)
 // parseElement decodes a wire (uncompressed) element. It rejects any other
 // length or form, points off the curve and — because the uncompressed form
 // cannot encode it — the identity.
-func parseElement(b []byte) (*nistec.P384Point, error) {
+func parseElement(b []byte) (*p384.Point, error) {
 	if len(b) != ElementSize || b[0] != 4 {
 		return nil, newError(BadPoint, "element is not a 97-byte uncompressed point")
 	}
-	p, err := nistec.NewP384Point().SetBytes(b)
+	p, err := p384.NewPoint().SetBytes(b)
 	if err != nil {
 		return nil, newError(BadPoint, "element is not on P-384")
 	}
@@ -78,15 +78,12 @@ func compressFromUncompressed(dst *[CompressedSize]byte, u []byte) {
 
 // encodePoint writes p's uncompressed and compressed encodings. p must not be
 // the identity (callers check with isIdentity first where that can happen).
-func encodePoint(p *nistec.P384Point, unc []byte, comp *[CompressedSize]byte) {
-	copy(unc, p.Bytes())
-	compressFromUncompressed(comp, unc)
+func encodePoint(p *p384.Point, unc []byte, comp *[CompressedSize]byte) {
+	b, _ := p.AppendBytes(unc[:0])
+	compressFromUncompressed(comp, b)
 }
 
-func isIdentity(p *nistec.P384Point) bool {
-	b := p.Bytes()
-	return len(b) == 1
-}
+func isIdentity(p *p384.Point) bool { return p.IsIdentity() == 1 }
 
 // transcript appends I2OSP(len(b), 2) || b.
 func appendLenPrefixed(dst, b []byte) []byte {
@@ -94,32 +91,86 @@ func appendLenPrefixed(dst, b []byte) []byte {
 	return append(dst, b...)
 }
 
-var p384 = group.P384
-
 // hashToScalar is RFC 9497 HashToScalar for P384-SHA384: expand_message_xmd
-// with SHA-384 to 72 bytes, reduced mod n. Its input is always public.
+// with SHA-384 to 72 bytes, reduced mod n. Its input is always public. It
+// works on the stack and with filippo.io/bigmod, not math/big.
 func hashToScalar(msg []byte) [ScalarSize]byte {
-	s := p384.HashToScalar(msg, dstHashToScalar)
-	b, err := s.MarshalBinary()
-	if err != nil || len(b) != ScalarSize {
-		panic("voprf: HashToScalar produced a malformed scalar")
+	var u [hashToScalarLen]byte
+	expandMessageXMD(u[:], msg, dstHashToScalar)
+	// u = hi·2^384 + lo with hi < 2^192 < n, so u ≡ hi·(2^384 mod n) + lo.
+	// lo < 2^384 < 2n needs at most one subtraction (SetOverflowingBytes).
+	lo, err := bigmod.NewNat().SetOverflowingBytes(u[hashToScalarLen-ScalarSize:], orderN)
+	if err != nil {
+		panic("voprf: HashToScalar: 48 bytes do not fit n's width")
 	}
+	hi, err := bigmod.NewNat().SetBytes(u[:hashToScalarLen-ScalarSize], orderN)
+	if err != nil {
+		panic("voprf: HashToScalar: 24 bytes are not below n")
+	}
+	hi.Mul(twoTo384ModN, orderN)
+	lo.Add(hi, orderN)
 	var out [ScalarSize]byte
-	copy(out[:], b)
+	copy(out[:], lo.Bytes(orderN))
 	return out
 }
 
-// HashToGroup is RFC 9497 HashToGroup for P384-SHA384 (RFC 9380
-// P384_XMD:SHA-384_SSWU_RO_), applied to a public token nonce.
-func hashToGroup(msg []byte) *nistec.P384Point {
-	e := p384.HashToElement(msg, dstHashToGroup)
-	b, err := e.MarshalBinary()
+// hashToScalarLen is L = ceil((ceil(log2(n)) + k) / 8) = (384 + 192) / 8
+// (RFC 9380 §5, security level k = 192).
+const hashToScalarLen = 72
+
+// twoTo384ModN is 2^384 mod n = 2^384 − n, as n < 2^384 < 2n.
+var twoTo384ModN = func() *bigmod.Nat {
+	v := new(big.Int).Lsh(big.NewInt(1), 8*ScalarSize)
+	v.Sub(v, orderBig)
+	nat, err := bigmod.NewNat().SetBytes(v.Bytes(), orderN)
 	if err != nil {
-		panic("voprf: HashToGroup produced a malformed element")
+		panic(err)
 	}
-	p, err := nistec.NewP384Point().SetBytes(b)
+	return nat
+}()
+
+// expandMessageXMD is RFC 9380 §5.3.1 expand_message_xmd with SHA-384, for
+// len(out) ≤ 255·48 and len(dst) ≤ 255 (callers pass constants). Messages
+// of the sizes VOPRF hashes stay in a stack buffer.
+func expandMessageXMD(out, msg, dst []byte) {
+	const hLen, blockLen = sha512.Size384, 128
+	if len(out) > 255*hLen || len(dst) > 255 {
+		panic("voprf: expand_message_xmd parameters out of range")
+	}
+	var scratch [512]byte
+	// b_0 = H(Z_pad || msg || I2OSP(len(out), 2) || I2OSP(0, 1) || DST_prime)
+	buf := append(scratch[:0], make([]byte, blockLen)...)
+	buf = append(buf, msg...)
+	buf = append(buf, byte(len(out)>>8), byte(len(out)), 0)
+	buf = append(buf, dst...)
+	buf = append(buf, byte(len(dst)))
+	b0 := sha512.Sum384(buf)
+	// b_i = H(strxor(b_0, b_(i−1)) || I2OSP(i, 1) || DST_prime), b_1 = H(b_0 || 1 || DST_prime)
+	var bi [hLen]byte
+	for i, off := 1, 0; off < len(out); i, off = i+1, off+hLen {
+		var x [hLen]byte
+		for j := range x {
+			x[j] = b0[j] ^ bi[j] // bi is zero for i = 1
+		}
+		buf = append(scratch[:0], x[:]...)
+		buf = append(buf, byte(i))
+		buf = append(buf, dst...)
+		buf = append(buf, byte(len(dst)))
+		bi = sha512.Sum384(buf)
+		copy(out[off:], bi[:])
+	}
+}
+
+// HashToGroup is RFC 9497 HashToGroup for P384-SHA384 (RFC 9380
+// P384_XMD:SHA-384_SSWU_RO_), applied to a public token nonce: 144 bytes of
+// expand_message_xmd, mapped by simplified SWU in package p384 (variable
+// time, which is fine for public input).
+func hashToGroup(msg []byte) *p384.Point {
+	var u [p384.HashToFieldLen]byte
+	expandMessageXMD(u[:], msg, dstHashToGroup)
+	p, err := p384.NewPoint().SetUniformBytes(u[:])
 	if err != nil {
-		panic("voprf: HashToGroup produced an element off the curve")
+		panic("voprf: HashToGroup: wrong number of uniform bytes")
 	}
 	return p
 }

@@ -10,7 +10,8 @@ import (
 	"sync"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
+
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // parallelThreshold is the batch size from which the per-element
@@ -50,13 +51,11 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 	zs := out[6 : 6+n*ElementSize]
 
 	// Z_i = k·B_i, constant time in k.
+	zPoints := make([]p384.Point, n)
 	evaluate := func(i int) {
-		z := nistec.NewP384Point()
-		if _, err := z.ScalarMult(req.points[i], sk.k[:]); err != nil {
-			panic("voprf: nistec ScalarMult failed")
+		if _, err := zPoints[i].ScalarMult(req.points[i], sk.k[:]); err != nil {
+			panic("voprf: P-384 ScalarMult refused a 48-byte scalar")
 		}
-		// k ∈ [1, n-1] and B_i ≠ O in a prime-order group: Z_i ≠ O.
-		copy(zs[i*ElementSize:], z.Bytes())
 	}
 	if workers := runtime.GOMAXPROCS(0); n >= parallelThreshold && workers > 1 {
 		var wg sync.WaitGroup
@@ -73,6 +72,15 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 			evaluate(i)
 		}
 	}
+	// One shared field inversion encodes every Z_i, straight into the
+	// response (zs has the capacity, so append does not reallocate). k ∈
+	// [1, n-1] and B_i ≠ O in a prime-order group, so Z_i ≠ O; were one the
+	// identity anyway, the issuance fails below with the proof elements.
+	zPtrs := make([]*p384.Point, n)
+	for i := range zPoints {
+		zPtrs[i] = &zPoints[i]
+	}
+	_, zsOK := p384.AppendBatch(zs[:0], zPtrs)
 
 	// Composite weights d_i over (B_i, Z_i), RFC 9497 ComputeCompositesFast.
 	d := make([][ScalarSize]byte, n)
@@ -83,29 +91,31 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 		compressFromUncompressed(&zComp, zs[i*ElementSize:(i+1)*ElementSize])
 		d[i], buf = compositeWeight(buf, sk.seed[:], i, bComp[:], zComp[:])
 	}
-	m := msm(nistec.NewP384Point(), d, req.points[:n])
+	m := p384.NewPoint().MultiScalarMult(d, req.points[:n])
 
 	// Z = k·M; t2 = r·G; t3 = r·M — all constant time in the secrets k and r.
-	z, err := nistec.NewP384Point().ScalarMult(m, sk.k[:])
+	z, err := p384.NewPoint().ScalarMult(m, sk.k[:])
 	if err != nil {
 		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
-	t2, err := nistec.NewP384Point().ScalarBaseMult(r[:])
+	t2, err := p384.NewPoint().ScalarBaseMult(r[:])
 	if err != nil {
 		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
-	t3, err := nistec.NewP384Point().ScalarMult(m, r[:])
+	t3, err := p384.NewPoint().ScalarMult(m, r[:])
 	if err != nil {
 		return nil, 0, fmt.Errorf("scalar multiplication failed: %w", err)
 	}
 	var comps [4][CompressedSize]byte
-	for i, p := range []*nistec.P384Point{m, z, t2, t3} {
-		b := p.Bytes()
-		if len(b) != ElementSize {
+	var encs [4 * ElementSize]byte
+	proofPoints := []*p384.Point{m, z, t2, t3}
+	_, ok := p384.AppendBatch(encs[:0], proofPoints)
+	for i := range proofPoints {
+		if !ok || !zsOK {
 			// M = O happens only if the hash outputs cancel: probability 2^-384.
 			return nil, 0, errors.New("degenerate proof element")
 		}
-		compressFromUncompressed(&comps[i], b)
+		compressFromUncompressed(&comps[i], encs[i*ElementSize:(i+1)*ElementSize])
 	}
 	c := challenge(sk.pub.comp[:], comps[0][:], comps[1][:], comps[2][:], comps[3][:])
 
@@ -136,7 +146,7 @@ func (sk *PrivateKey) evaluateNonce(nonce []byte) ([]byte, error) {
 		return nil, errWiped
 	}
 	h := hashToGroup(nonce)
-	w, err := nistec.NewP384Point().ScalarMult(h, sk.k[:])
+	w, err := p384.NewPoint().ScalarMult(h, sk.k[:])
 	if err != nil {
 		return nil, fmt.Errorf("scalar multiplication failed: %w", err)
 	}

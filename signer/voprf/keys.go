@@ -6,13 +6,14 @@ import (
 	"io"
 
 	"filippo.io/bigmod"
-	"filippo.io/nistec"
+
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // PublicKey is an issuer's public key pkS = k·G with its key id.
 type PublicKey struct {
 	KeyID uint32
-	point *nistec.P384Point
+	point *p384.Point
 	unc   [ElementSize]byte
 	comp  [CompressedSize]byte
 }
@@ -28,7 +29,7 @@ type PrivateKey struct {
 	wiped bool
 }
 
-func newPublicKey(keyID uint32, p *nistec.P384Point) (*PublicKey, error) {
+func newPublicKey(keyID uint32, p *p384.Point) (*PublicKey, error) {
 	if isIdentity(p) {
 		return nil, newError(BadPoint, "public key is the identity")
 	}
@@ -49,7 +50,7 @@ func NewPrivateKey(keyID uint32, k []byte) (*PrivateKey, error) {
 	}
 	sk := &PrivateKey{kNat: kn}
 	copy(sk.k[:], k)
-	p, err := nistec.NewP384Point().ScalarBaseMult(sk.k[:])
+	p, err := p384.NewPoint().ScalarBaseMult(sk.k[:])
 	if err != nil {
 		return nil, fmt.Errorf("scalar base multiplication failed: %w", err)
 	}

@@ -3,7 +3,7 @@ package voprf
 import (
 	"encoding/binary"
 
-	"filippo.io/nistec"
+	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
 // IssueRequest is a parsed issue request: u16(count) || count × B_i[97].
@@ -11,7 +11,7 @@ type IssueRequest struct {
 	// Blinded holds the wire encodings of the blinded elements, each checked
 	// to be a valid non-identity point.
 	Blinded [][]byte
-	points  []*nistec.P384Point
+	points  []*p384.Point
 }
 
 // Count returns the number of blinded elements the client sent.
@@ -34,7 +34,7 @@ func ParseIssueRequest(b []byte) (*IssueRequest, error) {
 	if len(b) != 2+count*ElementSize {
 		return nil, newError(Malformed, "issue request is %d bytes, want %d for count %d", len(b), 2+count*ElementSize, count)
 	}
-	req := &IssueRequest{Blinded: make([][]byte, count), points: make([]*nistec.P384Point, count)}
+	req := &IssueRequest{Blinded: make([][]byte, count), points: make([]*p384.Point, count)}
 	for i := range count {
 		e := b[2+i*ElementSize : 2+(i+1)*ElementSize]
 		p, err := parseElement(e)
@@ -62,7 +62,7 @@ type IssueResponse struct {
 	KeyID     uint32
 	Evaluated [][]byte
 	Proof     [ProofSize]byte
-	points    []*nistec.P384Point
+	points    []*p384.Point
 }
 
 // ParseIssueResponse parses and validates an issue response (client side).
@@ -78,7 +78,7 @@ func ParseIssueResponse(b []byte) (*IssueResponse, error) {
 	if len(b) != want {
 		return nil, newError(Malformed, "issue response is %d bytes, want %d for count %d", len(b), want, n)
 	}
-	resp := &IssueResponse{KeyID: binary.BigEndian.Uint32(b[2:]), Evaluated: make([][]byte, n), points: make([]*nistec.P384Point, n)}
+	resp := &IssueResponse{KeyID: binary.BigEndian.Uint32(b[2:]), Evaluated: make([][]byte, n), points: make([]*p384.Point, n)}
 	off := 6
 	for i := range n {
 		e := b[off : off+ElementSize]
