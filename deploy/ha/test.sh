@@ -5,6 +5,13 @@
 # e2e/ha_test.go (build tag `ha`) against it with two pstd replicas, and
 # always tears the cluster down, on success, failure or interrupt.
 #
+# Two tests run, in this order (e2e/ha_test.go):
+#   TestPatroniFailover             the failover on the settings of docs/HA.md:
+#                                   no double spend, figures reported
+#   TestPatroniFailoverAsyncControl the same with synchronous replication
+#                                   switched off: it must find double spends,
+#                                   which shows the first test can fail
+#
 # Inputs (from the Makefile): GO. PSTD_TEST_HA_RUN overrides the -run pattern.
 set -euo pipefail
 PSTD_SCRIPT=ha-test.sh
@@ -58,6 +65,6 @@ set -a
 # shellcheck source=/dev/null
 . "$dir/env"
 set +a
-export PSTD_TEST_REQUIRE=1
+export PSTD_TEST_REQUIRE=1 PSTD_TEST_HA_CONTROL=1
 
-"$GO" test -count=1 -race -tags ha -timeout 15m -v -run "${PSTD_TEST_HA_RUN:-^TestPatroniFailover\$}" ./e2e/
+"$GO" test -count=1 -race -tags ha -timeout 15m -v -run "${PSTD_TEST_HA_RUN:-^TestPatroniFailover(AsyncControl)?\$}" ./e2e/
