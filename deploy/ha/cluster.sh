@@ -251,9 +251,12 @@ do_start() {
 	pstd_log "leader on 127.0.0.1:$leader_port; nodes ${hosts[*]}; REST ${urls[*]}"
 }
 
-# pid_alive PIDFILE: the recorded process is running.
+# pid_alive PIDFILE: the recorded process is running. Only a plain pid
+# above 1 counts: `kill 0` or `kill -1` would reach far more than ours.
 pid_alive() {
-	[[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null
+	local pid
+	pid=$(cat "$1" 2>/dev/null) || return 1
+	[[ $pid =~ ^[1-9][0-9]*$ && $pid != 1 ]] && kill -0 "$pid" 2>/dev/null
 }
 
 do_stop() {
@@ -262,7 +265,7 @@ do_stop() {
 	# Patroni stops its PostgreSQL on SIGTERM; all three at once.
 	for n in "${nodes[@]}"; do
 		pf=$dir/$n/pid
-		pid_alive "$pf" && kill -TERM "$(cat "$pf")" 2>/dev/null || true
+		if pid_alive "$pf"; then kill -TERM "$(cat "$pf")" 2>/dev/null || true; fi
 	done
 	deadline=$((SECONDS + 40))
 	for n in "${nodes[@]}"; do
@@ -284,7 +287,7 @@ do_stop() {
 		kill -TERM "$(cat "$pf")" 2>/dev/null || true
 		deadline=$((SECONDS + 15))
 		while pid_alive "$pf" && ((SECONDS < deadline)); do sleep 0.2; done
-		pid_alive "$pf" && kill -KILL "$(cat "$pf")" 2>/dev/null || true
+		if pid_alive "$pf"; then kill -KILL "$(cat "$pf")" 2>/dev/null || true; fi
 	fi
 	if [[ -f $dir/.pstd-ha ]]; then
 		rm -rf "$dir"

@@ -69,7 +69,7 @@ done
 # The package runs it as its own `etcd` account, which this project never
 # uses, so only that account's processes are stopped, by process id.
 if pids=$(pgrep -u etcd -x etcd 2>/dev/null); then
-	pstd_log "stopping the etcd that the etcd-server package started (pid $(echo $pids))"
+	pstd_log "stopping the etcd that the etcd-server package started (pid ${pids//$'\n'/ })"
 	# shellcheck disable=SC2086 # one argument per pid
 	pstd_sudo kill $pids || true
 fi
