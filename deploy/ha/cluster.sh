@@ -282,6 +282,20 @@ do_stop() {
 			pstd_as_pg "$bindir/pg_ctl" stop -D "$dir/$n/data" -m immediate -w -t 20 -s >/dev/null 2>&1 || true
 		fi
 	done
+	# Backends orphaned by a postmaster that was killed (the failover test
+	# kills one) can outlive it, stuck on a lock the dead processes held.
+	# They are ours if their working directory is one of our data
+	# directories (PostgreSQL runs in its data directory).
+	local p cwd
+	for p in /proc/[0-9]*; do
+		cwd=$(readlink "$p/cwd" 2>/dev/null) || continue
+		case $cwd in
+		"$dir"/pg[0-9]/data | "$dir"/pg[0-9]/data/* | "$dir"/pg[0-9]/data\ \(deleted\))
+			pstd_log "killing orphaned PostgreSQL process ${p#/proc/} ($cwd)"
+			kill -KILL "${p#/proc/}" 2>/dev/null || true
+			;;
+		esac
+	done
 	pf=$dir/etcd/pid
 	if pid_alive "$pf"; then
 		kill -TERM "$(cat "$pf")" 2>/dev/null || true
