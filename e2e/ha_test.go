@@ -8,8 +8,9 @@ package e2e
 // with target_session_attrs=read-write. Behind the `ha` build tag, so plain
 // `go test ./...` does not compile it.
 //
-// What must hold when the primary's postmaster is killed (kill -9) in the
-// middle of a redemption load on two pstd replicas:
+// What must hold when the primary is killed (kill -9 of the postmaster and
+// its processes, while commits are in flight that no standby has yet) in
+// the middle of a redemption load on two pstd replicas:
 //   - Patroni promotes the synchronous standby, and both replicas are ready
 //     again on their own;
 //   - every answer is a record (200) or a fail-closed 503: no other 5xx, no
@@ -402,9 +403,9 @@ func TestPatroniFailover(t *testing.T) {
 	}
 }
 
-// TestPatroniFailoverAsyncControl is the negative control, run only on
-// request (PSTD_TEST_HA_RUN=TestPatroniFailoverAsyncControl make test-ha):
-// the same failover with Patroni's synchronous mode switched off must lose
+// TestPatroniFailoverAsyncControl is the negative control, which `make
+// test-ha` runs after TestPatroniFailover (PSTD_TEST_HA_CONTROL=1): the
+// same failover with Patroni's synchronous mode switched off must lose
 // acknowledged redemptions, which the replay finds as double spends. It
 // shows that TestPatroniFailover's replay can fail, and why the
 // synchronous settings of docs/HA.md are required.
@@ -559,13 +560,7 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 
 	waitFor("redemptions before the failover", 2*time.Minute, func() bool { return okSince(time.Time{}) >= wantBefore })
 
-	// Hold the primary's replication back (SIGSTOP its WAL senders): from
-	// now on no standby receives anything, so commits are in flight that
-	// only the primary has. Under synchronous replication they wait for the
-	// standby and no record leaves pstd; under asynchronous replication
-	// they are acknowledged. Then the whole primary dies: postmaster first
-	// (so it restarts nothing), then its processes, WAL senders included.
-	// Watch both replicas' readiness from the kill on.
+	// Watch both replicas' readiness; what counts starts at the kill.
 	f.ready = make([]readiness, len(replicas))
 	var watchers sync.WaitGroup
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -591,6 +586,12 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 		})
 	}
 
+	// Hold the primary's replication back (SIGSTOP its WAL senders): from
+	// now on no standby receives anything, so commits are in flight that
+	// only the primary has. Under synchronous replication they wait for the
+	// standby and no record leaves pstd; under asynchronous replication
+	// they are acknowledged. Then the whole primary dies: postmaster first
+	// (so it restarts nothing), then its processes, WAL senders included.
 	pm := c.postmasterPID(leader.Name)
 	procs := children(pm) // its processes; after its death they are reparented
 	walSenders := memberQuery[[]int32](t, leader, "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_replication")
@@ -804,7 +805,6 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 	for _, at := range attempts {
 		replica[at.tok] = at.replica
 	}
-	lost := map[int]bool{}
 	for _, i := range spent {
 		f.replayed++
 		o := replicas[1-replica[i]].redeemToken(tokens[i])
@@ -812,8 +812,9 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 		case o.status == http.StatusConflict && o.problem == httpapi.ProblemTypePrefix+"already-redeemed" && o.token == "":
 		case o.status == http.StatusOK:
 			f.doubleSpends++
-			lost[i] = true
-			report("DOUBLE SPEND: token %d, whose record a client received, redeemed again after the failover", i)
+			if wantSync || f.doubleSpends <= 3 {
+				report("DOUBLE SPEND: token %d, whose record a client received, redeemed again after the failover", i)
+			}
 		default:
 			t.Errorf("replaying token %d: %+v, want 409 already-redeemed", i, o)
 		}
