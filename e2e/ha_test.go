@@ -339,6 +339,7 @@ type readiness struct {
 	down    time.Time // first non-200 after the kill
 	readyAt time.Time // first 200 after down
 	firstOK time.Time // first record of a request sent after the kill
+	reason  string    // the detail of the last 503 before readyAt
 }
 
 // haFigures is what one failover run measured.
@@ -375,8 +376,8 @@ func (f *haFigures) lines() []string {
 		if rd.readyAt.IsZero() {
 			out = append(out, fmt.Sprintf("  replica %d: /readyz never failed; first record after the kill at %s", r, first))
 		} else {
-			out = append(out, fmt.Sprintf("  replica %d: /readyz 503 from %v, ready again %v after the kill; first record after the kill at %s", r,
-				rd.down.Sub(f.killedAt).Round(time.Millisecond), rd.readyAt.Sub(f.killedAt).Round(time.Millisecond), first))
+			out = append(out, fmt.Sprintf("  replica %d: /readyz 503 from %v, ready again %v after the kill (last 503: %q); first record after the kill at %s", r,
+				rd.down.Sub(f.killedAt).Round(time.Millisecond), rd.readyAt.Sub(f.killedAt).Round(time.Millisecond), rd.reason, first))
 		}
 	}
 	return out
@@ -573,8 +574,11 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 				mu.Lock()
 				switch {
 				case f.killedAt.IsZero() || now.Before(f.killedAt):
-				case o.status != http.StatusOK && f.ready[i].down.IsZero():
-					f.ready[i].down = now
+				case o.status != http.StatusOK:
+					if f.ready[i].down.IsZero() {
+						f.ready[i].down = now
+					}
+					f.ready[i].reason = o.detail
 				case o.status == http.StatusOK && !f.ready[i].down.IsZero():
 					f.ready[i].readyAt = now
 					mu.Unlock()
