@@ -52,13 +52,19 @@ fi
 pstd_apt_install "${missing[@]}"
 
 # Stop and disable what the packages just installed, under systemd or not.
+# `systemctl disable` works without a running systemd too (it only removes
+# the unit's links), so a machine that boots systemd later starts nothing.
 for svc in etcd patroni; do
-	if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-		if systemctl list-unit-files "$svc.service" >/dev/null 2>&1; then
-			pstd_sudo systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+	if command -v systemctl >/dev/null 2>&1; then
+		if [[ -d /run/systemd/system ]]; then
+			pstd_sudo systemctl stop "$svc.service" >/dev/null 2>&1 || true
 		fi
-	elif [[ -x /etc/init.d/$svc ]]; then
-		pstd_sudo /etc/init.d/"$svc" stop >/dev/null 2>&1 || true
+		pstd_sudo systemctl disable "$svc.service" >/dev/null 2>&1 || true
+	fi
+	if [[ -x /etc/init.d/$svc ]]; then
+		if [[ ! -d /run/systemd/system ]]; then
+			pstd_sudo /etc/init.d/"$svc" stop >/dev/null 2>&1 || true
+		fi
 		if command -v update-rc.d >/dev/null 2>&1; then
 			pstd_sudo update-rc.d "$svc" disable >/dev/null 2>&1 || true
 		fi
