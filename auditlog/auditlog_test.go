@@ -240,10 +240,13 @@ func TestCanonicalForm(t *testing.T) {
 	if string(c) != want {
 		t.Fatalf("canonical:\n%s\nwant\n%s", c, want)
 	}
-	d := sha256.Sum256(c)
-	t.Logf("SHA-256 of the example: %x", d)
-	prev := make([]byte, 32)
-	t.Logf("chain hash with seq 1, zero prev_hash and sig 0x01: %x", ChainHash(prev, 1, c, []byte{1}))
+	// The worked example of docs/AUDIT.md.
+	if d := sha256.Sum256(c); hex.EncodeToString(d[:]) != "d9359d30216e180b386e6d2295a26c8ecabfb5071d604334c52582eecd176441" {
+		t.Fatalf("SHA-256 of the example: %x", d)
+	}
+	if h := ChainHash(make([]byte, 32), 1, c, []byte{1}); hex.EncodeToString(h) != "78649d4d4903e48fb1cea486c6ad19a6d844f90b6e2a06a2316ae47f1347be22" {
+		t.Fatalf("chain hash of the example: %x", h)
+	}
 }
 
 func FuzzReadBundle(f *testing.F) {

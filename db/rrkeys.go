@@ -121,3 +121,12 @@ func (s *Store) RetireRRKey(ctx context.Context, id string, notAfter time.Time, 
 		return err
 	})
 }
+
+// RRKeysVersion changes whenever a record key is created or retired (rows
+// are never deleted and retirement happens once), so replicas can poll it
+// cheaply and reload their record keys only then.
+func (s *Store) RRKeysVersion(ctx context.Context) (int64, error) {
+	var v int64
+	err := s.q(ctx).QueryRow(ctx, `SELECT count(*) + count(retired_at) FROM rr_keys`).Scan(&v)
+	return v, wrap("reading the record keys' version", err)
+}

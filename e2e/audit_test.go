@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -184,4 +186,61 @@ func TestAuditEvidence(t *testing.T) {
 	if out := s.pstctl("audit", "verify", "--since", head); !strings.Contains(out, `"ok": true`) || !strings.Contains(out, "the HSM's anchor") {
 		t.Fatalf("audit verify --since: %s", out)
 	}
+}
+
+// TestRotateRecordKeyTwice: `pstctl keys rotate-rr` on a live stack, twice.
+// Each rotation retires the signing record key and makes the next in one
+// transaction; records signed by every key still verify against the JWKS.
+func TestRotateRecordKeyTwice(t *testing.T) {
+	s := newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
+	toks := s.issueTokens(3)
+	var records []string
+	for i, tk := range toks {
+		if i > 0 {
+			out := s.pstctl("keys", "rotate-rr")
+			want := "rr-" + string(rune('1'+i))
+			if !strings.Contains(out, want) {
+				t.Fatalf("rotate-rr %d: %s", i, out)
+			}
+			// The replica loads the new key at its next refresh; the JWKS
+			// and the signing key are swapped together.
+			deadline := time.Now().Add(30 * time.Second)
+			for !strings.Contains(string(getBody(t, "http://"+s.listen+"/.well-known/private-state-token/jwks.json")), want) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the JWKS never listed %s", want)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		o := s.redeemToken(tk)
+		if o.status != http.StatusOK {
+			t.Fatalf("redemption %d: %+v", i, o)
+		}
+		if kid := recordKID(t, o.token); kid != "rr-"+string(rune('1'+i)) {
+			t.Fatalf("redemption %d signed by %s", i, kid)
+		}
+		records = append(records, o.token)
+	}
+	s.verifyRecords(records)
+	if n := s.count("SELECT count(*) FROM rr_keys WHERE retired_at IS NULL"); n != 1 {
+		t.Fatalf("%d signing record keys", n)
+	}
+	if n := s.count("SELECT count(*) FROM rr_keys"); n != 3 {
+		t.Fatalf("%d record keys, want 3", n)
+	}
+}
+
+// recordKID reads the kid of a redemption record (a compact JWS).
+func recordKID(t *testing.T, jws string) string {
+	t.Helper()
+	h, _, _ := strings.Cut(jws, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr struct{ Kid string }
+	if err := json.Unmarshal(raw, &hdr); err != nil {
+		t.Fatal(err)
+	}
+	return hdr.Kid
 }

@@ -3,10 +3,13 @@ package signer
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pstd/pstd/db"
@@ -286,42 +289,54 @@ func (s *Service) RotateRRKey(ctx context.Context, actor string) (string, error)
 	return id, err
 }
 
-// rotateRRKey is RotateRRKey for a caller that holds the rotation lock.
+// rotateRRKey is RotateRRKey for a caller that holds the rotation lock
+// (and so runs in its transaction). The current key is retired first and the
+// new one stored after, in that one transaction: the database allows one
+// signing record key at a time, and a failure leaves the old key signing.
+//
+// The new key is generated on the token under the next free id. A key found
+// on the token under an id the database does not know — left by an earlier
+// attempt whose database write failed, or planted — is never adopted: only a
+// key this call generated signs, and the id is skipped.
 func (s *Service) rotateRRKey(ctx context.Context, actor string) (string, error) {
 	keys, err := s.store.RRKeys(ctx)
 	if err != nil {
 		return "", s.dbErr(err, "reading record keys failed")
 	}
-	id := fmt.Sprintf("rr-%d", len(keys)+1)
-	signer, err := s.custody.GenerateRRKey(ctx, id)
-	if err != nil {
-		// An earlier attempt may have made the key and then failed to
-		// store it (the database went away between the two). Such a key
-		// never signed anything, since only stored keys sign; take it
-		// rather than be stuck on this id for ever.
-		orphan, ferr := s.custody.FindRRKey(ctx, id)
-		if ferr != nil {
+	next := len(keys) + 1
+	for _, k := range keys {
+		if n, err := strconv.Atoi(strings.TrimPrefix(k.ID, "rr-")); err == nil && n >= next {
+			next = n + 1
+		}
+	}
+	var id string
+	var signer crypto.Signer
+	for tries := 0; ; tries++ {
+		id = fmt.Sprintf("rr-%d", next)
+		signer, err = s.custody.GenerateRRKey(ctx, id)
+		if err == nil {
+			break
+		}
+		if tries >= 8 {
 			return "", s.hsmErr(err, "generating the record key failed")
 		}
-		s.cfg.Logger.Warn("using a record key an earlier, failed rotation left on the token", "kid", id)
-		signer = orphan
+		s.cfg.Logger.Warn("the token already holds a key with the next record key's label; it is not adopted, and the id is skipped", "kid", id, "err", err)
+		next++
 	}
 	der, err := x509.MarshalPKIXPublicKey(signer.Public())
 	if err != nil {
 		return "", err
 	}
 	now := s.cfg.Clock.Now()
-	// The new key first: if a retirement then fails, the newest key
-	// signs and the old one merely stays published a little longer.
-	if err := s.store.CreateRRKey(ctx, db.RRKey{ID: id, PublicDER: der, CreatedAt: now}, actor); err != nil {
-		return "", s.dbErr(err, "storing the record key failed")
-	}
 	for _, k := range keys {
 		if !k.Retired {
 			if err := s.store.RetireRRKey(ctx, k.ID, now.Add(s.cfg.RecordLifetime+time.Hour), actor); err != nil {
 				return "", s.dbErr(err, "retiring the record key failed")
 			}
 		}
+	}
+	if err := s.store.CreateRRKey(ctx, db.RRKey{ID: id, PublicDER: der, CreatedAt: now}, actor); err != nil {
+		return "", s.dbErr(err, "storing the record key failed")
 	}
 	return id, nil
 }

@@ -95,15 +95,20 @@ var newPrivateKey = voprf.NewPrivateKey
 type rrState struct {
 	signing RRKey
 	jwks    []byte
+	version int64 // RRKeysVersion when loaded
 }
 
 func (s *Service) loadRR(ctx context.Context) (*rrState, error) {
+	version, err := s.store.RRKeysVersion(ctx)
+	if err != nil {
+		return nil, s.dbErr(err, "reading record keys failed")
+	}
 	infos, err := s.store.RRKeys(ctx)
 	if err != nil {
 		return nil, s.dbErr(err, "reading record keys failed")
 	}
 	now := s.cfg.Clock.Now()
-	st := &rrState{}
+	st := &rrState{version: version}
 	var published []RRKey
 	for _, info := range infos {
 		if info.Retired && !info.NotAfter.IsZero() && now.After(info.NotAfter) {
@@ -198,8 +203,14 @@ func (s *Service) refreshIfChanged(ctx context.Context) error {
 		s.setLoadErr(s.dbErr(err, "reading the commitment failed"))
 		return err
 	}
+	rrVersion, err := s.store.RRKeysVersion(ctx)
+	if err != nil {
+		s.setLoadErr(s.dbErr(err, "reading the record keys failed"))
+		return err
+	}
 	failed := s.lastLoadErr() != nil
-	if cur != nil && cur.version == version && !failed {
+	rr := s.rr.Load()
+	if cur != nil && cur.version == version && rr != nil && rr.version == rrVersion && !failed {
 		return nil
 	}
 	return s.Reload(ctx)

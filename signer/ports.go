@@ -46,6 +46,7 @@ type Store interface {
 	KeySetVersion(ctx context.Context) (uint64, error) // latest commitment id, cheap to poll
 	PublishCommitment(ctx context.Context, keyIDs []uint32, build func(id uint64) ([]byte, error), actor string) (id uint64, changed bool, err error)
 	RRKeys(ctx context.Context) ([]db.RRKey, error)
+	RRKeysVersion(ctx context.Context) (int64, error) // changes whenever a record key is made or retired
 	CreateRRKey(ctx context.Context, k db.RRKey, actor string) error
 	RetireRRKey(ctx context.Context, id string, notAfter time.Time, actor string) error
 	// RecordRedemption commits r durably; beforeCommit runs after the

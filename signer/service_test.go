@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -238,11 +239,27 @@ func (m *memStore) RRKeys(context.Context) ([]db.RRKey, error) {
 	defer m.mu.Unlock()
 	return slices.Clone(m.rr), nil
 }
+func (m *memStore) RRKeysVersion(context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v := int64(len(m.rr))
+	for _, k := range m.rr {
+		if k.Retired {
+			v++
+		}
+	}
+	return v, nil
+}
 func (m *memStore) CreateRRKey(_ context.Context, k db.RRKey, _ string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failCreateRR {
 		return errors.New("database went away")
+	}
+	for _, o := range m.rr {
+		if !o.Retired { // as the rr_keys_one_signing index refuses
+			return errors.New(`duplicate key value violates unique constraint "rr_keys_one_signing"`)
+		}
 	}
 	m.rr = append(m.rr, k)
 	return nil
@@ -381,7 +398,17 @@ func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context
 		return false, nil
 	}
 	defer m.lock.Unlock()
-	return true, fn(ctx)
+	// A transaction: on error the store is as it was (rr keys, epochs).
+	m.mu.Lock()
+	rr, retired, epochs := slices.Clone(m.rr), maps.Clone(m.retired), maps.Clone(m.epochs)
+	m.mu.Unlock()
+	err := fn(ctx)
+	if err != nil {
+		m.mu.Lock()
+		m.rr, m.retired, m.epochs = rr, retired, epochs
+		m.mu.Unlock()
+	}
+	return true, err
 }
 
 type fakeClock struct{ t time.Time }
@@ -593,9 +620,10 @@ func TestServiceImportKey(t *testing.T) {
 	}
 }
 
-// TestRotateRRKeyAfterFailedStore: the HSM made rr-2 but storing it failed;
-// the next rotation must take that key rather than fail on its id for ever,
-// and the old key keeps signing meanwhile.
+// TestRotateRRKeyAfterFailedStore: the HSM made rr-2 but storing it failed,
+// and the retirement of rr-1 rolled back with it. The next rotation skips
+// the orphaned rr-2 (never adopting a key it did not just make) and makes
+// rr-3; rr-1 signs meanwhile.
 func TestRotateRRKeyAfterFailedStore(t *testing.T) {
 	s, st, cu := newService(t, &fakeClock{time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)})
 	ctx := context.Background()
@@ -616,11 +644,11 @@ func TestRotateRRKeyAfterFailedStore(t *testing.T) {
 	st.failCreateRR = false
 	st.mu.Unlock()
 	id, err := s.RotateRRKey(ctx, "test")
-	if err != nil || id != "rr-2" {
+	if err != nil || id != "rr-3" {
 		t.Fatalf("RotateRRKey after the failure: %q, %v", id, err)
 	}
 	keys, _ = st.RRKeys(ctx)
-	want, _ := x509.MarshalPKIXPublicKey(cu.rr["rr-2"].Public())
+	want, _ := x509.MarshalPKIXPublicKey(cu.rr["rr-3"].Public())
 	if len(keys) != 2 || !keys[0].Retired || keys[1].Retired || !bytes.Equal(keys[1].PublicDER, want) {
 		t.Fatalf("after rotation: %+v", keys)
 	}

@@ -19,9 +19,15 @@ type keyPolicy struct {
 	Extractable      bool // CKA_EXTRACTABLE: value may leave wrapped
 	AlwaysSensitive  bool // CKA_ALWAYS_SENSITIVE
 	NeverExtractable bool // CKA_NEVER_EXTRACTABLE
+	Local            bool // CKA_LOCAL: generated on the token, not imported
 }
 
-// check refuses a key pstd must not rely on.
+// check refuses a key pstd must not rely on: every key pstd uses (the KEK,
+// the record keys, the audit keys) must have been generated on the token
+// (CKA_LOCAL), and sensitive and unextractable from birth
+// (CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE). A key that fails this was
+// imported, or was once exportable: someone may hold a copy, so pstd never
+// adopts it, whatever its label.
 func (p keyPolicy) check() error {
 	var bad []string
 	if !p.Token {
@@ -35,6 +41,15 @@ func (p keyPolicy) check() error {
 	}
 	if p.Extractable {
 		bad = append(bad, "extractable")
+	}
+	if !p.AlwaysSensitive {
+		bad = append(bad, "not always sensitive")
+	}
+	if !p.NeverExtractable {
+		bad = append(bad, "once extractable")
+	}
+	if !p.Local {
+		bad = append(bad, "not generated on the token (CKA_LOCAL false)")
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("%w: %v", ErrUnsafeKey, bad)

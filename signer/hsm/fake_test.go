@@ -72,7 +72,7 @@ func (s fakeSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	return s.PrivateKey.Sign(rand.Reader, digest, opts)
 }
 
-var safePolicy = keyPolicy{Token: true, Private: true, Sensitive: true, AlwaysSensitive: true, NeverExtractable: true}
+var safePolicy = keyPolicy{Token: true, Private: true, Sensitive: true, AlwaysSensitive: true, NeverExtractable: true, Local: true}
 
 func newFakeToken(pin string) *fakeToken {
 	return &fakeToken{pin: pin, next: 1, aes: map[string]objHandle{}, aesKeys: map[objHandle]*fakeSecret{}, ec: map[string]*ecdsa.PrivateKey{}}

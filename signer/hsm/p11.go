@@ -353,7 +353,7 @@ func (c *p11conn) generateAESKey(label string) (objHandle, error) {
 
 var policyAttrs = []uint{
 	pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SENSITIVE,
-	pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE,
+	pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE, pkcs11.CKA_NEVER_EXTRACTABLE, pkcs11.CKA_LOCAL,
 }
 
 func (c *p11conn) policyOf(h pkcs11.ObjectHandle) (keyPolicy, error) {
@@ -389,6 +389,8 @@ func policyFromAttrs(got []*pkcs11.Attribute) keyPolicy {
 			p.AlwaysSensitive = v
 		case pkcs11.CKA_NEVER_EXTRACTABLE:
 			p.NeverExtractable = v
+		case pkcs11.CKA_LOCAL:
+			p.Local = v
 		}
 	}
 	return p

@@ -122,9 +122,6 @@ func (h *HSM) newRRSigner(l *live, id string, s crypto.Signer) (*rrSigner, error
 	if err := pol.check(); err != nil {
 		return nil, fmt.Errorf("key %s: %w", label, err)
 	}
-	if !pol.AlwaysSensitive || !pol.NeverExtractable {
-		h.log.Warn("hsm: key was once extractable or not sensitive", "label", label)
-	}
 	return &rrSigner{h: h, id: id, pub: pub, gen: l.gen, inner: s}, nil
 }
 

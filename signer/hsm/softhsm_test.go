@@ -733,3 +733,57 @@ func TestSoftHSMTokenUnpluggedAndBack(t *testing.T) {
 		t.Fatalf("Sign after the token came back: %v", err)
 	}
 }
+
+// plantECKey puts an ECDSA P-256 pair on the token under label as an
+// attacker with the PIN could: generated extractable, so CKA_ALWAYS_SENSITIVE
+// and CKA_NEVER_EXTRACTABLE are false.
+func (r *rawToken) plantECKey(t *testing.T, label string) {
+	t.Helper()
+	sess, err := r.p.OpenSession(r.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.p.CloseSession(sess)
+	p256 := []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+	_, _, err = r.p.GenerateKeyPair(sess, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)},
+		[]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, p256),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+			pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		},
+		[]*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true), pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, label), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte(label)),
+			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A key planted on the token under the label pstd would use next is never
+// adopted: it was once extractable, so someone may hold a copy.
+func TestPlantedKeyRefused(t *testing.T) {
+	tok, h := openWithKEK(t)
+	r := openRaw(t, tok)
+	r.plantECKey(t, RRKeyLabel("rr-2"))
+	r.plantECKey(t, RRKeyLabel(AuditKeyID(1)))
+	ctx := context.Background()
+	if _, err := h.FindRRKey(ctx, "rr-2"); !errors.Is(err, ErrUnsafeKey) {
+		t.Fatalf("FindRRKey of a planted key: %v, want ErrUnsafeKey", err)
+	}
+	if _, err := h.FindAuditKey(ctx, AuditKeyID(1)); !errors.Is(err, ErrUnsafeKey) {
+		t.Fatalf("FindAuditKey of a planted key: %v, want ErrUnsafeKey", err)
+	}
+	if _, err := h.GenerateRRKey(ctx, "rr-2"); err == nil {
+		t.Fatal("generated over a planted key")
+	}
+	// A key pstd made itself passes the same check.
+	if _, err := h.GenerateRRKey(ctx, "rr-3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.FindRRKey(ctx, "rr-3"); err != nil {
+		t.Fatal(err)
+	}
+}
