@@ -289,3 +289,20 @@ func (v *Verifier) Result() (Result, error) {
 	}
 	return r, v.failed
 }
+
+// VerifySignature checks one v2 event's signature against a DER public key.
+func VerifySignature(e *Event, publicDER []byte) error {
+	pub, err := x509.ParsePKIXPublicKey(publicDER)
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if err != nil || !ok {
+		return errors.New("not an ECDSA public key")
+	}
+	c, err := e.Canonical()
+	if err != nil {
+		return err
+	}
+	if !ecdsa.VerifyASN1(ec, Digest(c), e.Sig) {
+		return errors.New("signature does not verify")
+	}
+	return nil
+}

@@ -264,3 +264,15 @@ func (s *Store) RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) 
 		return err
 	})
 }
+
+// KeyEpochsDigest changes whenever any key epoch row changes in any column
+// (a retirement, or a row tampered with), so replicas can poll it cheaply
+// and re-verify their keys at once.
+func (s *Store) KeyEpochsDigest(ctx context.Context) (string, error) {
+	var d string
+	err := s.q(ctx).QueryRow(ctx, `
+		SELECT coalesce(md5(string_agg(concat_ws('|', key_id, protocol, encode(sealed_secret, 'hex'), kek_label, encode(public_key, 'hex'),
+		       imported, extract(epoch FROM not_before), extract(epoch FROM expiry), extract(epoch FROM retired_at)), ',' ORDER BY key_id)), '')
+		  FROM key_epochs`).Scan(&d)
+	return d, wrap("reading the key epochs' digest", err)
+}

@@ -68,14 +68,20 @@ func (s *Store) RecordRedemption(ctx context.Context, r Redemption, beforeCommit
 	b := &pgx.Batch{}
 	b.Queue(`SET LOCAL synchronous_commit = on`)
 	var sync string
+	// The key must be live in this very transaction: retirement and expiry
+	// are enforced here too, not only in the replica's memory.
 	b.Queue(`INSERT INTO redemptions (key_id, nonce_hash, redeemed_at, record_id, redeeming_origin)
-		VALUES ($1, $2, coalesce($3, now()), $4, $5)
+		SELECT $1::bigint, $2::bytea, coalesce($3::timestamptz, now()), $4::text, $5::text
+		 WHERE EXISTS (SELECT 1 FROM key_epochs k WHERE k.key_id = $1::bigint AND k.retired_at IS NULL AND k.expiry > now())
 		RETURNING current_setting('synchronous_commit'), nextval('redemption_hwm')`,
 		int64(r.KeyID), r.NonceHash[:], nullTime(r.RedeemedAt), r.RecordID, origin).QueryRow(func(row pgx.Row) error {
 		var hwm int64
 		return row.Scan(&sync, &hwm)
 	})
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return pstderr.New(pstderr.UnknownKey, "token key is retired or expired")
+		}
 		var se *SQLError
 		if errors.As(sanitize(err), &se) {
 			switch {

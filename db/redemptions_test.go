@@ -158,8 +158,12 @@ func TestDropExpiredRedemptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := mustCreateKey(t, s)
+	// Rows the key got while it was live (RecordRedemption refuses an
+	// expired key, so they go in directly).
 	for range 3 {
-		if err := s.RecordRedemption(ctx, redemption(t, expired), nil); err != nil {
+		r := redemption(t, expired)
+		if err := superExec(t, s, `INSERT INTO redemptions (key_id, nonce_hash, redeemed_at, record_id) VALUES ($1, $2, now(), $3)`,
+			int64(r.KeyID), r.NonceHash[:], r.RecordID); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -326,4 +330,42 @@ func TestAsyncStandbys(t *testing.T) {
 	if n, err := s.AsyncStandbys(context.Background()); err != nil || n != 0 {
 		t.Fatalf("AsyncStandbys = %d, %v; want 0, nil", n, err)
 	}
+}
+
+// Retirement and expiry are enforced in the redemption's own transaction,
+// not only in a replica's memory: a retired or expired key's token is
+// refused by the database itself.
+func TestRedemptionRefusesRetiredAndExpiredKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	now := time.Now()
+	retired := mustCreateKey(t, s)
+	if err := s.RetireKeyEpoch(ctx, retired, "op"); err != nil {
+		t.Fatal(err)
+	}
+	expired, err := s.NextKeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateKeyEpoch(ctx, epoch(t, expired, now.Add(-3*time.Hour), now.Add(-time.Hour)), "op"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint32{retired, expired} {
+		if err := s.RecordRedemption(ctx, redemption(t, id), nil); !errors.Is(err, pstderr.UnknownKey) {
+			t.Errorf("key %d: %v, want UnknownKey", id, err)
+		}
+	}
+	if n := countRows(t, s, `SELECT count(*) FROM redemptions`); n != 0 {
+		t.Fatalf("%d rows stored", n)
+	}
+}
+
+func countRows(t *testing.T, s *Store, q string) int {
+	t.Helper()
+	var n int
+	if err := s.pool.QueryRow(context.Background(), q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -68,7 +68,7 @@ func (s *Service) ImportKey(ctx context.Context, blob []byte, t KeyTimes, actor 
 func (s *Service) storeKey(ctx context.Context, sk *voprf.PrivateKey, t KeyTimes, imported bool, actor string) error {
 	scalar := sk.Scalar()
 	defer wipe(scalar)
-	sealed, err := s.custody.Seal(scalar, keyAAD(sk.KeyID(), t.NotBefore))
+	sealed, err := s.custody.Seal(scalar, keyAAD(sk.KeyID(), t.NotBefore, t.Expiry))
 	if err != nil {
 		return s.hsmErr(err, "sealing the key failed")
 	}

@@ -13,12 +13,14 @@ import (
 type LoadedKey struct {
 	Key   *voprf.PrivateKey
 	Times KeyTimes
+	row   string // the stored row it was verified against (sealed blob, public key, times)
 }
 
 // keySet is an immutable snapshot of the loaded keys. Requests read the
 // current snapshot without locks; a reload swaps in a new one.
 type keySet struct {
 	version    uint64 // commitment id the set was loaded for
+	rows       string // KeyEpochsDigest when loaded
 	keys       map[uint32]*LoadedKey
 	commitment []byte
 }

@@ -3,10 +3,12 @@ package signer
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/pstd/pstd/db"
@@ -32,12 +34,16 @@ func (s *Service) reload(ctx context.Context) (err error) {
 	if err != nil {
 		return s.dbErr(err, "reading the commitment failed")
 	}
+	rows, err := s.store.KeyEpochsDigest(ctx)
+	if err != nil {
+		return s.dbErr(err, "reading the key epochs failed")
+	}
 	cur := s.ring.load()
 	epochs, err := s.store.KeyEpochs(ctx)
 	if err != nil {
 		return s.dbErr(err, "reading key epochs failed")
 	}
-	next := &keySet{version: version, keys: map[uint32]*LoadedKey{}, commitment: body}
+	next := &keySet{version: version, rows: rows, keys: map[uint32]*LoadedKey{}}
 	// On failure, wipe what this attempt unsealed (keys carried over from
 	// cur stay with cur): a retry every few seconds must not leave a fresh
 	// plaintext copy behind each time.
@@ -51,16 +57,39 @@ func (s *Service) reload(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	anchorLive, anchorSeq, haveAnchor, err := s.anchoredKeys(ctx)
+	if err != nil {
+		return err
+	}
+	now := s.cfg.Clock.Now()
+	var published []voprf.PublishedKey
 	for _, e := range epochs {
+		// A key live now that was not live at the HSM's audit head must
+		// have been created since, by a signed event: otherwise its row was
+		// resurrected (retired_at cleared) or planted in the database.
+		if haveAnchor && epochTimes(e).Live(now) && !slices.Contains(anchorLive, e.KeyID) {
+			if err := s.createdSince(ctx, e.KeyID, anchorSeq); err != nil {
+				return err
+			}
+		}
+		row := rowDigest(e)
 		if cur != nil {
-			if lk, ok := cur.keys[e.KeyID]; ok {
-				next.keys[e.KeyID] = &LoadedKey{Key: lk.Key, Times: epochTimes(e)}
+			// Carried over only while its row is unchanged: a swapped
+			// sealed blob, public key or time is checked again at once.
+			if lk, ok := cur.keys[e.KeyID]; ok && lk.row == row {
+				next.keys[e.KeyID] = &LoadedKey{Key: lk.Key, Times: epochTimes(e), row: row}
+				if epochTimes(e).Live(now) {
+					published = append(published, voprf.PublishedKey{Public: lk.Key.Public(), Expiry: e.Expiry})
+				}
 				continue
 			}
 		}
-		scalar, err := s.custody.Unseal(e.Sealed, keyAAD(e.KeyID, e.NotBefore))
+		scalar, err := s.custody.Unseal(e.Sealed, keyAAD(e.KeyID, e.NotBefore, e.Expiry))
 		if err != nil {
-			return s.hsmErr(err, fmt.Sprintf("unsealing key %d failed", e.KeyID))
+			var v1err error
+			if scalar, v1err = s.custody.Unseal(e.Sealed, keyAADv1(e.KeyID, e.NotBefore)); v1err != nil {
+				return s.integrityOrHSM(ctx, e.KeyID, err)
+			}
 		}
 		sk, err := newPrivateKey(e.KeyID, scalar)
 		wipe(scalar)
@@ -69,9 +98,31 @@ func (s *Service) reload(ctx context.Context) (err error) {
 		}
 		if string(sk.Public().MarshalBlob()) != string(e.PublicKey) {
 			sk.Wipe()
-			return fmt.Errorf("key %d: unsealed scalar does not match the stored public key", e.KeyID)
+			return s.integrityViolation(ctx, fmt.Sprintf("key %d: the unsealed scalar does not match the stored public key", e.KeyID))
 		}
-		next.keys[e.KeyID] = &LoadedKey{Key: sk, Times: epochTimes(e)}
+		next.keys[e.KeyID] = &LoadedKey{Key: sk, Times: epochTimes(e), row: row}
+		if epochTimes(e).Live(now) {
+			published = append(published, voprf.PublishedKey{Public: sk.Public(), Expiry: e.Expiry})
+		}
+	}
+	// The commitment served is built from the keys just verified, never
+	// the stored body: a row inserted into commitments changes nothing but
+	// the id it carries.
+	if len(published) > 0 && version > 0 && version <= 0xffffffff {
+		slices.SortFunc(published, func(a, b voprf.PublishedKey) int { return int(a.Public.KeyID) - int(b.Public.KeyID) })
+		if len(published) > MaxPublishedKeys {
+			published = published[len(published)-MaxPublishedKeys:]
+		}
+		if next.commitment, err = voprf.BuildCommitment(uint32(version), s.cfg.BatchSize, published); err != nil {
+			return err
+		}
+		// The stored commitment must name exactly these keys: a row
+		// inserted with other keys is tampering (its body is never served).
+		if err := sameKeys(body, published); err != nil {
+			return s.integrityViolation(ctx, fmt.Sprintf("commitment %d: %v", version, err))
+		}
+	} else {
+		next.commitment = nil
 	}
 	rr, err := s.loadRR(ctx)
 	if err != nil {
@@ -118,12 +169,21 @@ func (s *Service) loadRR(ctx context.Context) (*rrState, error) {
 		if err != nil {
 			return nil, fmt.Errorf("record key %s: %w", info.ID, err)
 		}
-		published = append(published, RRKey{KID: info.ID, Signer: publicOnly{pub}})
-		if !info.Retired {
-			signer, err := s.custody.FindRRKey(ctx, info.ID)
-			if err != nil {
+		// Every key the JWKS publishes must be the token's key of that id:
+		// a row inserted into rr_keys with a key of someone else's would
+		// let them sign records that verify.
+		signer, err := s.custody.FindRRKey(ctx, info.ID)
+		if err != nil {
+			if perr := s.custody.Ping(ctx); perr != nil {
 				return nil, s.hsmErr(err, "finding the record key failed")
 			}
+			return nil, s.integrityViolation(ctx, fmt.Sprintf("record key %s is in the database but not on the token", info.ID))
+		}
+		if der, err := x509.MarshalPKIXPublicKey(signer.Public()); err != nil || string(der) != string(info.PublicDER) {
+			return nil, s.integrityViolation(ctx, fmt.Sprintf("record key %s in the database is not the token's key of that id", info.ID))
+		}
+		published = append(published, RRKey{KID: info.ID, Signer: publicOnly{pub}})
+		if !info.Retired {
 			st.signing = RRKey{KID: info.ID, Signer: signer}
 		}
 	}
@@ -208,9 +268,14 @@ func (s *Service) refreshIfChanged(ctx context.Context) error {
 		s.setLoadErr(s.dbErr(err, "reading the record keys failed"))
 		return err
 	}
+	rows, err := s.store.KeyEpochsDigest(ctx)
+	if err != nil {
+		s.setLoadErr(s.dbErr(err, "reading the key epochs failed"))
+		return err
+	}
 	failed := s.lastLoadErr() != nil
 	rr := s.rr.Load()
-	if cur != nil && cur.version == version && rr != nil && rr.version == rrVersion && !failed {
+	if cur != nil && cur.version == version && cur.rows == rows && rr != nil && rr.version == rrVersion && !failed {
 		return nil
 	}
 	return s.Reload(ctx)
@@ -239,4 +304,84 @@ func (s *Service) followAuditKey(ctx context.Context) {
 	s.store.SetAuditSigner(a)
 	s.audit.Store(a)
 	s.cfg.Logger.Info("signing the audit log with the newer audit key", "id", a.ID)
+}
+
+// rowDigest identifies what a loaded key was verified against.
+func rowDigest(e db.KeyEpoch) string {
+	h := sha256.New()
+	h.Write(e.Sealed)
+	h.Write(e.PublicKey)
+	fmt.Fprintf(h, "|%d|%d|%d", e.KeyID, e.NotBefore.UnixMicro(), e.Expiry.UnixMicro())
+	return string(h.Sum(nil))
+}
+
+// anchoredKeys returns the keys live at the HSM's audit head and the event
+// it covers; ok is false before the first checkpoint.
+func (s *Service) anchoredKeys(ctx context.Context) (live []uint32, seq int64, ok bool, err error) {
+	if s.audit.Load() == nil {
+		return nil, 0, false, nil
+	}
+	a, ok, err := s.readAnchor(ctx)
+	if err != nil || !ok {
+		return nil, 0, false, err
+	}
+	c, _, err := a.Open()
+	if err != nil {
+		return nil, 0, false, err
+	}
+	return c.LiveKeys, c.AuditSeq, true, nil
+}
+
+// createdSince requires a signed key.create event for keyID after event
+// seq (the anchor's), signed by an audit key of the log.
+func (s *Service) createdSince(ctx context.Context, keyID uint32, seq int64) error {
+	ok, err := s.store.SignedKeyCreate(ctx, keyID, seq)
+	if err != nil {
+		return s.dbErr(err, "reading the audit log failed")
+	}
+	if !ok {
+		return s.integrityViolation(ctx, fmt.Sprintf("key %d is live in the database but was not at the HSM's audit head, and no signed key.create follows it (a retirement undone, or a planted row)", keyID))
+	}
+	return nil
+}
+
+// integrityOrHSM tells a key whose row no longer unseals (tampered with:
+// AAD mismatch) from a token that is unusable.
+func (s *Service) integrityOrHSM(ctx context.Context, keyID uint32, err error) error {
+	if perr := s.custody.Ping(ctx); perr != nil {
+		return s.hsmErr(err, fmt.Sprintf("unsealing key %d failed", keyID))
+	}
+	return s.integrityViolation(ctx, fmt.Sprintf("key %d: its sealed blob does not open with its id and times (the row was changed or swapped)", keyID))
+}
+
+// integrityViolation makes the replica not ready with a clear reason and
+// records it on the audit log (best effort: the log may be what was
+// tampered with).
+func (s *Service) integrityViolation(ctx context.Context, what string) error {
+	s.metrics.integrityViolations.Inc()
+	s.cfg.Logger.Error("integrity violation: refusing to serve", "what", what)
+	if s.audit.Load() != nil {
+		_, _ = s.store.AppendAudit(ctx, db.Event{Actor: s.cfg.Actor, Action: "integrity.violation", Subject: "keys",
+			Details: map[string]any{"what": what}})
+	}
+	return pstderr.New(pstderr.Unavailable, "integrity check failed: %s", what)
+}
+
+// sameKeys checks that a stored commitment publishes exactly these keys
+// (ids and public keys; its batch size may differ after a settings change).
+func sameKeys(body []byte, keys []voprf.PublishedKey) error {
+	_, stored, err := voprf.ParseCommitment(body)
+	if err != nil {
+		return fmt.Errorf("the stored body does not parse: %w", err)
+	}
+	if len(stored) != len(keys) {
+		return fmt.Errorf("it names %d keys, the verified key set has %d", len(stored), len(keys))
+	}
+	for _, k := range keys {
+		pk, ok := stored[k.Public.KeyID]
+		if !ok || string(pk.MarshalBlob()) != string(k.Public.MarshalBlob()) {
+			return fmt.Errorf("key %d differs from the verified key", k.Public.KeyID)
+		}
+	}
+	return nil
 }

@@ -19,6 +19,8 @@ type metrics struct {
 	keyExpiry    prometheus.Gauge
 	rotationErrs prometheus.Counter
 	rotatedAt    prometheus.Gauge
+
+	integrityViolations prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,12 +49,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "pstd", Name: "rotation_last_success_timestamp_seconds",
 			Help: "When this replica last ran the rotation policy successfully (Unix time).",
 		}),
+		integrityViolations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "integrity_violations_total",
+			Help: "Stored keys, record keys or commitments that failed a check against the HSM: alert on any.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt} {
+	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt, m.integrityViolations} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

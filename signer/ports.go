@@ -43,7 +43,8 @@ type Store interface {
 	CreateKeyEpoch(ctx context.Context, e db.KeyEpoch, actor string) error
 	RetireKeyEpoch(ctx context.Context, keyID uint32, actor string) error
 	LatestCommitment(ctx context.Context) (id uint64, keyIDs []uint32, body []byte, err error)
-	KeySetVersion(ctx context.Context) (uint64, error) // latest commitment id, cheap to poll
+	KeySetVersion(ctx context.Context) (uint64, error)   // latest commitment id, cheap to poll
+	KeyEpochsDigest(ctx context.Context) (string, error) // changes with any key epoch row
 	PublishCommitment(ctx context.Context, keyIDs []uint32, build func(id uint64) ([]byte, error), actor string) (id uint64, changed bool, err error)
 	RRKeys(ctx context.Context) ([]db.RRKey, error)
 	RRKeysVersion(ctx context.Context) (int64, error) // changes whenever a record key is made or retired
@@ -64,6 +65,7 @@ type Store interface {
 	EnsureAuditKeyIntroduced(ctx context.Context) error
 	AuditSignerID() string
 	AuditKeys(ctx context.Context) ([]auditlog.KeyInfo, error)
+	SignedKeyCreate(ctx context.Context, keyID uint32, afterSeq int64) (bool, error)
 	InsertSignedBy(ctx context.Context, a *db.AuditSigner, e db.Event) (int64, error)
 	AuditState(ctx context.Context) (db.AuditState, error)
 	AuditHashAt(ctx context.Context, seq int64) ([]byte, bool, error)

@@ -65,9 +65,18 @@ func New(cfg Config, store Store, custody Custody) (*Service, error) {
 	return &Service{cfg: cfg, store: store, custody: custody, metrics: m}, nil
 }
 
-// keyAAD binds a sealed key to its id, protocol and epoch, so a sealed blob
-// cannot be swapped onto another key row.
-func keyAAD(keyID uint32, notBefore time.Time) []byte {
+// keyAAD binds a sealed key to its id, protocol and both of its times, so
+// a sealed blob cannot be swapped onto another key row, and a row whose
+// not-before or expiry was changed in the database no longer unseals.
+func keyAAD(keyID uint32, notBefore, expiry time.Time) []byte {
+	return []byte("pstd/voprf-key/v2|" + voprf.ProtocolVersion + "|" + strconv.FormatUint(uint64(keyID), 10) +
+		"|" + strconv.FormatInt(notBefore.UTC().Unix(), 10) + "|" + strconv.FormatInt(expiry.UTC().Unix(), 10))
+}
+
+// keyAADv1 is the AAD of keys sealed before expiry was bound (id and
+// not-before only). Such keys still unseal; their expiry is protected by the
+// signed audit log and checkpoints alone.
+func keyAADv1(keyID uint32, notBefore time.Time) []byte {
 	return []byte("pstd/voprf-key/v1|" + voprf.ProtocolVersion + "|" + strconv.FormatUint(uint64(keyID), 10) +
 		"|" + strconv.FormatInt(notBefore.UTC().Unix(), 10))
 }

@@ -191,7 +191,29 @@ func (m *memStore) CreateKeyEpoch(_ context.Context, e db.KeyEpoch, _ string) er
 	if e.KeyID >= m.nextID {
 		m.nextID = e.KeyID + 1
 	}
+	m.audit = append(m.audit, db.Event{Actor: "pstd", Action: "key.create", Subject: fmt.Sprintf("key:%d", e.KeyID)})
 	return nil
+}
+func (m *memStore) KeyEpochsDigest(context.Context) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := sha256.New()
+	ids := slices.Sorted(maps.Keys(m.epochs))
+	for _, id := range ids {
+		e := m.epochs[id]
+		fmt.Fprintf(h, "%d|%x|%x|%v|%v|%v;", id, e.Sealed, e.PublicKey, e.NotBefore.Unix(), e.Expiry.Unix(), m.retired[id])
+	}
+	return string(h.Sum(nil)), nil
+}
+func (m *memStore) SignedKeyCreate(_ context.Context, keyID uint32, afterSeq int64) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := int(afterSeq); i < len(m.audit); i++ {
+		if m.audit[i].Action == "key.create" && m.audit[i].Subject == fmt.Sprintf("key:%d", keyID) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 func (m *memStore) RetireKeyEpoch(_ context.Context, id uint32, _ string) error {
 	m.mu.Lock()
@@ -690,7 +712,7 @@ func TestReloadFailureWipesWhatItUnsealed(t *testing.T) {
 	}
 	last := epochs[1]
 	s2, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock}, st,
-		failingUnseal{cu, keyAAD(last.KeyID, last.NotBefore)})
+		failingUnseal{cu, keyAAD(last.KeyID, last.NotBefore, last.Expiry)})
 	if err != nil {
 		t.Fatal(err)
 	}
