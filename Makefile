@@ -19,8 +19,8 @@ FUZZ_TARGETS := \
 	./signer/voprf:FuzzClientFinish \
 	./signer/voprf:FuzzParseCommitment \
 	./signer/voprf:FuzzHashToGroup \
-	./signer/voprf/internal/p384:FuzzP384ScalarMult \
-	./signer/voprf/internal/p384:FuzzP384MultiScalarMult \
+	./signer/voprf/internal/p384:FuzzP384ScalarMult@3000x \
+	./signer/voprf/internal/p384:FuzzP384MultiScalarMult@3000x \
 	./signer/hsm:FuzzParseURI \
 	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \
@@ -29,7 +29,7 @@ FUZZ_TARGETS := \
 	./httpapi:FuzzIssuanceHandler \
 	./httpapi:FuzzRedemptionHandler \
 	./doctor:FuzzAnalyzeCommitment \
-	./auditlog:FuzzReadBundle
+	./auditlog:FuzzReadBundle@5000x
 FUZZTIME ?= 50000x
 
 .PHONY: all build deps setup run stop test test-ha lint fmt fuzz bench clean
@@ -88,7 +88,7 @@ FUZZ_FOR ?= 1m
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t##*:} for $(FUZZ_FOR)"; \
-		$(GO) test -run='^$$' -fuzz="^$${t##*:}\$$" -fuzztime=$(FUZZ_FOR) "$${t%%:*}"; \
+		n=$${t##*:}; $(GO) test -run='^$$' -fuzz="^$${n%%@*}\$$" -fuzztime=$(FUZZ_FOR) "$${t%%:*}"; \
 	done
 
 bench:

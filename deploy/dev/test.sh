@@ -119,10 +119,17 @@ set +a
 # shellcheck disable=SC2086 # PKGS may name several package patterns
 "$GO" test -count=1 -race -timeout 20m $PKGS
 
+# An entry may carry its own execution count, ./pkg:FuzzName@2000x, for
+# targets whose every execution is expensive (curve arithmetic, signatures).
 for t in $FUZZ_TARGETS; do
 	pkg=${t%%:*}
 	name=${t##*:}
+	fuzztime=$FUZZTIME
+	if [[ $name == *@* ]]; then
+		fuzztime=${name##*@}
+		name=${name%%@*}
+	fi
 	[[ -n $pkg && -n $name && $pkg != "$t" ]] || pstd_die "FUZZ_TARGETS entry \"$t\" is not ./pkg:FuzzName"
-	pstd_log "fuzz $pkg $name, -fuzztime=$FUZZTIME"
-	"$GO" test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg"
+	pstd_log "fuzz $pkg $name, -fuzztime=$fuzztime"
+	"$GO" test -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" "$pkg"
 done
