@@ -65,9 +65,40 @@ type rpResult struct {
 	Detail string `json:"detail"`
 }
 
-const sendRecordJS = `
-const r = await fetch('/demo/rp/verify', {privateToken: {version: 1, operation: 'send-redemption-record', issuers: [location.origin]}});
-return await r.json();`
+// rpRedeemJS redeems a token of issuer from a page of another site (the
+// demo relying party): the record's aud is that page's origin.
+func rpRedeemJS(issuer, policy string) string {
+	return fmt.Sprintf(`
+const I = %q;
+let r;
+try { const x = await fetch(I + '/.well-known/private-state-token/redemption', {privateToken: {version: 1, operation: 'token-redemption', issuer: I, refreshPolicy: %q}}); r = {ok: true, status: x.status}; }
+catch (e) { r = {ok: false, name: e.name, msg: e.message}; }
+r.has = await document.hasRedemptionRecord(I);
+return r;`, issuer, policy)
+}
+
+// sendRecordJS has the relying party's page send its record of issuer to
+// its own server, which verifies it (rp.Handler; 401/403 problem if not).
+func sendRecordJS(issuer string) string {
+	return fmt.Sprintf(`
+const r = await fetch('/verify', {privateToken: {version: 1, operation: 'send-redemption-record', issuers: [%q]}});
+return await r.json();`, issuer)
+}
+
+// foreignCommitment is a commitment switch value for s's origin whose key
+// (returned) s does not hold.
+func foreignCommitment(t *testing.T, s *stack) (string, *voprf.PrivateKey) {
+	t.Helper()
+	foreign, err := voprf.GenerateKey(uint32(s.count("SELECT max(key_id) FROM key_epochs")), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := voprf.BuildCommitment(1, 10, []voprf.PublishedKey{{Public: foreign.Public(), Expiry: time.Now().AddDate(0, 3, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`{%q: %s}`, s.origin, body), foreign
+}
 
 func commitmentSwitch(t *testing.T, s *stack) string {
 	t.Helper()
@@ -113,30 +144,32 @@ func TestChromium(t *testing.T) {
 	profile := t.TempDir() // kept across scenarios 2–4
 	var shared *browser    // scenarios 2 and 3 share one running browser
 	outer := t
-	t.Run("2 redemption and record sent to a relying party", func(t *testing.T) {
+	t.Run("2 redemption and record sent to a relying party on another site", func(t *testing.T) {
 		b := newBrowser(outer, commitments, profile)
 		shared = b
 		b.navigate(t, s.origin+"/demo/")
 		if r := eval[issueResult](t, b, issueJS()); !r.OK || !r.Has {
 			t.Fatalf("issuance: %+v", r)
 		}
+		// Redemption and the record's use happen on the relying party's
+		// page, another site (127.0.0.1 vs localhost), as in production.
+		b.navigate(t, s.rp+"/")
 		before := s.redemptions()
-		r := eval[issueResult](t, b, redeemJS("refresh"))
+		r := eval[issueResult](t, b, rpRedeemJS(s.origin, "refresh"))
 		if !r.OK || !r.Has {
 			t.Fatalf("redemption: browser reports %+v, want a stored record", r)
 		}
 		if got := s.redemptions(); got != before+1 {
 			t.Fatalf("server recorded %d redemptions, want 1", got-before)
 		}
-		b.navigate(t, s.origin+"/demo/rp.html")
-		rp := eval[rpResult](t, b, sendRecordJS)
-		if len(rp.Verified) != 1 || rp.Verified[0].Issuer != s.origin || rp.Verified[0].Audience != s.origin {
-			t.Fatalf("relying party verified %+v (detail %q), want one record of %s", rp.Verified, rp.Detail, s.origin)
+		rp := eval[rpResult](t, b, sendRecordJS(s.origin))
+		if len(rp.Verified) != 1 || rp.Verified[0].Issuer != s.origin || rp.Verified[0].Audience != s.rp {
+			t.Fatalf("relying party verified %+v (detail %q), want one record of %s redeemed for %s", rp.Verified, rp.Detail, s.origin, s.rp)
 		}
 		if n := s.count("SELECT count(*) FROM redemptions WHERE record_id = $1", rp.Verified[0].RecordID); n != 1 {
 			t.Fatalf("the verified record %s has %d redemption rows, want 1", rp.Verified[0].RecordID, n)
 		}
-		screenshot(t, b, s.origin+"/demo/rp.html", filepath.Join(artifacts, "demo-rp.png"), "#send")
+		screenshot(t, b, s.rp+"/", filepath.Join(artifacts, "demo-rp.png"), "#send")
 	})
 
 	t.Run("3 refreshPolicy none with a cached record", func(t *testing.T) {
@@ -144,9 +177,9 @@ func TestChromium(t *testing.T) {
 		if b == nil {
 			t.Skip("scenario 2 did not run")
 		}
-		b.navigate(t, s.origin+"/demo/")
+		b.navigate(t, s.rp+"/")
 		before := s.redemptions()
-		r := eval[issueResult](t, b, redeemJS("none"))
+		r := eval[issueResult](t, b, rpRedeemJS(s.origin, "none"))
 		// Chromium answers from its record cache: in a fresh document the
 		// fetch resolves (status 200) without a network request; in the
 		// document that redeemed it rejects with NoModificationAllowedError.
@@ -206,15 +239,7 @@ func TestChromium(t *testing.T) {
 	})
 
 	t.Run("5 a commitment whose key the server does not hold", func(t *testing.T) {
-		foreign, err := voprf.GenerateKey(uint32(s.count("SELECT max(key_id) FROM key_epochs")), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := voprf.BuildCommitment(1, 10, []voprf.PublishedKey{{Public: foreign.Public(), Expiry: time.Now().AddDate(0, 3, 0)}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wrong := fmt.Sprintf(`{%q: %s}`, s.origin, body)
+		wrong, foreign := foreignCommitment(t, s)
 		b := newBrowser(t, wrong, t.TempDir())
 		b.navigate(t, s.origin+"/demo/")
 		before := len(s.logLines(`"route":"/.well-known/private-state-token/issuance"`))
