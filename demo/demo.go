@@ -51,7 +51,19 @@ type pageConfig struct {
 
 func (c Config) page() pageConfig {
 	return pageConfig{Issuer: strings.TrimRight(c.IssuerOrigin, "/"), RP: strings.TrimRight(c.RPOrigin, "/"),
-		RateLimit: c.RateLimit, RateWindow: c.RateWindow.String()}
+		RateLimit: c.RateLimit, RateWindow: shortDuration(c.RateWindow)}
+}
+
+// shortDuration drops the zero tails of a Duration's text: 1h, not 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func files() fs.FS {

@@ -177,7 +177,7 @@ func TestDemoIssuerDegraded(t *testing.T) {
 	t.Run("rate limited", func(t *testing.T) {
 		wantState(t, click(t, b, issuerPage, "#issue", "issue-result", ""), "issued")
 		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-7-rate-limited.png")
-		wantState(t, o, "rate-limited", "at most 1 issuance request(s) every 1h0m0s", "PSTD_RATE_LIMIT", "Try again in")
+		wantState(t, o, "rate-limited", "at most 1 issuance request(s) every 1h", "PSTD_RATE_LIMIT", "Try again in")
 		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":429`)
 	})
 
