@@ -66,9 +66,9 @@ async function explain(op, err) {
   const msg = String(err && err.message || err);
   if (/quota/i.test(msg)) {
     if (op === 'redeem') {
-      return {state: 'browser-quota', text: 'Chromium refused to redeem another token on this site: a site may redeem ' +
-        'tokens of one issuer only twice in 48 hours (the browser\'s limit, not the issuer\'s). ' +
-        'The record you already have is still good: send it instead.'};
+      return {state: 'browser-quota', text: 'Chromium refused to redeem another token on this site: it lets a site ' +
+        'redeem one issuer\'s tokens only a few times in a period (two, in Chromium 156) — the browser\'s limit, ' +
+        'not the issuer\'s. The record you already have is still good: send it instead.'};
     }
     return {state: 'browser-quota', text: 'Chromium refused to fetch more tokens: it keeps at most 500 tokens per issuer ' +
       'and lets a site use at most two issuers. Redeem some first, or use a fresh profile.'};
