@@ -295,14 +295,15 @@ func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
 	defer wg.Wait()
 
 	serveErr := make(chan error, 2)
+	useTLS := srv.TLSConfig != nil // read before Serve, which writes the config
 	go func() {
-		if srv.TLSConfig != nil {
+		if useTLS {
 			serveErr <- srv.ServeTLS(ln, "", "") // certificates come from TLSConfig
 		} else {
 			serveErr <- srv.Serve(ln)
 		}
 	}()
-	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()), slog.Bool("tls", srv.TLSConfig != nil))
+	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()), slog.Bool("tls", useTLS))
 	if adminSrv != nil {
 		go func() { serveErr <- adminSrv.Serve(admin) }()
 		s.cfg.Logger.Info("serving admin endpoints", slog.String("listen", admin.Addr().String()))
