@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/pstd/pstd/internal/testenv"
+	"github.com/pstd/pstd/signer/voprf"
 )
 
 // artifactsDir is where screenshots go.
@@ -154,11 +155,39 @@ func TestDemo(t *testing.T) {
 		wantState(t, click(t, fixed, issuerPage, "#issue", "issue-result", ""), "issued")
 	})
 
+	t.Run("browser commitment stale after a key rotation", func(t *testing.T) {
+		// The owner's case: Chromium started with the commitment of the
+		// day, then the issuer rotates; the new key signs at once.
+		b := newBrowser(t, commitments, t.TempDir())
+		s.pstctl("keys", "rotate", "--force")
+		newKey := uint32(s.count("SELECT max(key_id) FROM key_epochs"))
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, keys, err := voprf.ParseCommitment(getBody(t, s.origin+"/.well-known/private-state-token/key-commitment"))
+			if err == nil && keys[newKey] != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("server did not publish the rotated key set")
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		rotated := commitmentSwitch(t, s)
+		if rotated == commitments {
+			t.Fatal("commitment did not change")
+		}
+		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-6-commitment-after-rotation.png")
+		wantState(t, o, "commitment", "does not match the issuer's current keys")
+		if want := "chromium --additional-private-state-token-key-commitments='" + rotated + "' " + issuerPage; o.Fix != want {
+			t.Fatalf("page prints\n%s\nwant the rotated commitment\n%s", o.Fix, want)
+		}
+	})
+
 	t.Run("issuer stopped", func(t *testing.T) {
 		b := newBrowser(t, commitments, t.TempDir())
 		b.navigate(t, issuerPage)
 		s.stop()
-		o := click(t, b, "", "#issue", "issue-result", "demo-6-issuer-stopped.png")
+		o := click(t, b, "", "#issue", "issue-result", "demo-7-issuer-stopped.png")
 		wantState(t, o, "stopped", "does not answer", s.origin, "make run")
 	})
 }
@@ -176,7 +205,7 @@ func TestDemoIssuerDegraded(t *testing.T) {
 
 	t.Run("rate limited", func(t *testing.T) {
 		wantState(t, click(t, b, issuerPage, "#issue", "issue-result", ""), "issued")
-		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-7-rate-limited.png")
+		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-8-rate-limited.png")
 		wantState(t, o, "rate-limited", "at most 1 issuance request(s) every 1h", "PSTD_RATE_LIMIT", "Try again in")
 		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":429`)
 	})
@@ -184,7 +213,7 @@ func TestDemoIssuerDegraded(t *testing.T) {
 	t.Run("database down", func(t *testing.T) {
 		cluster.Stop(t)
 		s.waitNotReady(30 * time.Second)
-		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-8-not-ready.png")
+		o := click(t, b, issuerPage, "#issue", "issue-result", "demo-9-not-ready.png")
 		wantState(t, o, "not-ready", "not ready", "database", "recovers by itself")
 		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":503`)
 		cluster.Start(t)
