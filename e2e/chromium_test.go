@@ -1,5 +1,6 @@
 // Package e2e proves pstd against real headless Chromium: issuance,
-// redemption, redemption records sent to a relying party, the record cache,
+// redemption, redemption records sent to a relying party on another site
+// (and, in demo_test.go, each failure the demo pages explain), the record cache,
 // key rotation, a browser with the wrong commitment, and embedded issuer
 // frames. Every scenario asserts what the browser reports and what the server
 // recorded. docs/PROTOCOL.md, "Driving headless Chromium", explains the
@@ -13,13 +14,9 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/chromedp/chromedp"
 
 	"github.com/pstd/pstd/signer/voprf"
 )
@@ -120,10 +117,6 @@ func TestChromium(t *testing.T) {
 	t.Logf("browser: %s", chromiumVersion(t))
 	s := newStack(t)
 	commitments := commitmentSwitch(t, s)
-	artifacts := os.Getenv("PSTD_TEST_ARTIFACTS")
-	if artifacts == "" {
-		artifacts = t.TempDir()
-	}
 
 	t.Run("1 issuance of a full batch", func(t *testing.T) {
 		b := newBrowser(t, commitments, t.TempDir())
@@ -138,7 +131,7 @@ func TestChromium(t *testing.T) {
 		}
 		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":200`)
 		// The issuer page as a new user sees it.
-		screenshot(t, b, s.origin+"/demo/", filepath.Join(artifacts, "demo-issuer.png"), "#issue")
+		wantState(t, click(t, b, s.origin+"/demo/", "#issue", "issue-result", "demo-issuer.png"), "issued")
 	})
 
 	profile := t.TempDir() // kept across scenarios 2–4
@@ -169,7 +162,7 @@ func TestChromium(t *testing.T) {
 		if n := s.count("SELECT count(*) FROM redemptions WHERE record_id = $1", rp.Verified[0].RecordID); n != 1 {
 			t.Fatalf("the verified record %s has %d redemption rows, want 1", rp.Verified[0].RecordID, n)
 		}
-		screenshot(t, b, s.rp+"/", filepath.Join(artifacts, "demo-rp.png"), "#send")
+		wantState(t, click(t, b, s.rp+"/", "#send", "result", "demo-rp.png"), "verified")
 	})
 
 	t.Run("3 refreshPolicy none with a cached record", func(t *testing.T) {
@@ -343,25 +336,4 @@ func redeemRaw(t *testing.T, s *stack, tok voprf.Token) (int, string) {
 		t.Fatal("a refusal carried a Sec-Private-State-Token header")
 	}
 	return resp.StatusCode, string(body)
-}
-
-// screenshot clicks the page's button, waits, and saves a PNG.
-func screenshot(t *testing.T, b *browser, url, path, button string) {
-	t.Helper()
-	b.navigate(t, url)
-	if _, err := chromedp.Run(b.ctx, chromedp.Click(button)); err != nil {
-		t.Fatalf("click %s: %v", button, err)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot %s", path)
 }
