@@ -1,5 +1,6 @@
 // Package e2e proves pstd against real headless Chromium: issuance,
-// redemption, redemption records sent to a relying party, the record cache,
+// redemption, redemption records sent to a relying party on another site
+// (and, in demo_test.go, each failure the demo pages explain), the record cache,
 // key rotation, a browser with the wrong commitment, and embedded issuer
 // frames. Every scenario asserts what the browser reports and what the server
 // recorded. docs/PROTOCOL.md, "Driving headless Chromium", explains the
@@ -13,13 +14,9 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/chromedp/chromedp"
 
 	"github.com/pstd/pstd/signer/voprf"
 )
@@ -65,9 +62,40 @@ type rpResult struct {
 	Detail string `json:"detail"`
 }
 
-const sendRecordJS = `
-const r = await fetch('/demo/rp/verify', {privateToken: {version: 1, operation: 'send-redemption-record', issuers: [location.origin]}});
-return await r.json();`
+// rpRedeemJS redeems a token of issuer from a page of another site (the
+// demo relying party): the record's aud is that page's origin.
+func rpRedeemJS(issuer, policy string) string {
+	return fmt.Sprintf(`
+const I = %q;
+let r;
+try { const x = await fetch(I + '/.well-known/private-state-token/redemption', {privateToken: {version: 1, operation: 'token-redemption', issuer: I, refreshPolicy: %q}}); r = {ok: true, status: x.status}; }
+catch (e) { r = {ok: false, name: e.name, msg: e.message}; }
+r.has = await document.hasRedemptionRecord(I);
+return r;`, issuer, policy)
+}
+
+// sendRecordJS has the relying party's page send its record of issuer to
+// its own server, which verifies it (rp.Handler; 401/403 problem if not).
+func sendRecordJS(issuer string) string {
+	return fmt.Sprintf(`
+const r = await fetch('/verify', {privateToken: {version: 1, operation: 'send-redemption-record', issuers: [%q]}});
+return await r.json();`, issuer)
+}
+
+// foreignCommitment is a commitment switch value for s's origin whose key
+// (returned) s does not hold.
+func foreignCommitment(t *testing.T, s *stack) (string, *voprf.PrivateKey) {
+	t.Helper()
+	foreign, err := voprf.GenerateKey(uint32(s.count("SELECT max(key_id) FROM key_epochs")), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := voprf.BuildCommitment(1, 10, []voprf.PublishedKey{{Public: foreign.Public(), Expiry: time.Now().AddDate(0, 3, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`{%q: %s}`, s.origin, body), foreign
+}
 
 func commitmentSwitch(t *testing.T, s *stack) string {
 	t.Helper()
@@ -89,10 +117,6 @@ func TestChromium(t *testing.T) {
 	t.Logf("browser: %s", chromiumVersion(t))
 	s := newStack(t)
 	commitments := commitmentSwitch(t, s)
-	artifacts := os.Getenv("PSTD_TEST_ARTIFACTS")
-	if artifacts == "" {
-		artifacts = t.TempDir()
-	}
 
 	t.Run("1 issuance of a full batch", func(t *testing.T) {
 		b := newBrowser(t, commitments, t.TempDir())
@@ -107,36 +131,38 @@ func TestChromium(t *testing.T) {
 		}
 		s.waitLog(`"route":"/.well-known/private-state-token/issuance"`, `"status":200`)
 		// The issuer page as a new user sees it.
-		screenshot(t, b, s.origin+"/demo/", filepath.Join(artifacts, "demo-issuer.png"), "#issue")
+		wantState(t, click(t, b, s.origin+"/demo/", "#issue", "issue-result", "demo-issuer.png"), "issued")
 	})
 
 	profile := t.TempDir() // kept across scenarios 2–4
 	var shared *browser    // scenarios 2 and 3 share one running browser
 	outer := t
-	t.Run("2 redemption and record sent to a relying party", func(t *testing.T) {
+	t.Run("2 redemption and record sent to a relying party on another site", func(t *testing.T) {
 		b := newBrowser(outer, commitments, profile)
 		shared = b
 		b.navigate(t, s.origin+"/demo/")
 		if r := eval[issueResult](t, b, issueJS()); !r.OK || !r.Has {
 			t.Fatalf("issuance: %+v", r)
 		}
+		// Redemption and the record's use happen on the relying party's
+		// page, another site (127.0.0.1 vs localhost), as in production.
+		b.navigate(t, s.rp+"/")
 		before := s.redemptions()
-		r := eval[issueResult](t, b, redeemJS("refresh"))
+		r := eval[issueResult](t, b, rpRedeemJS(s.origin, "refresh"))
 		if !r.OK || !r.Has {
 			t.Fatalf("redemption: browser reports %+v, want a stored record", r)
 		}
 		if got := s.redemptions(); got != before+1 {
 			t.Fatalf("server recorded %d redemptions, want 1", got-before)
 		}
-		b.navigate(t, s.origin+"/demo/rp.html")
-		rp := eval[rpResult](t, b, sendRecordJS)
-		if len(rp.Verified) != 1 || rp.Verified[0].Issuer != s.origin || rp.Verified[0].Audience != s.origin {
-			t.Fatalf("relying party verified %+v (detail %q), want one record of %s", rp.Verified, rp.Detail, s.origin)
+		rp := eval[rpResult](t, b, sendRecordJS(s.origin))
+		if len(rp.Verified) != 1 || rp.Verified[0].Issuer != s.origin || rp.Verified[0].Audience != s.rp {
+			t.Fatalf("relying party verified %+v (detail %q), want one record of %s redeemed for %s", rp.Verified, rp.Detail, s.origin, s.rp)
 		}
 		if n := s.count("SELECT count(*) FROM redemptions WHERE record_id = $1", rp.Verified[0].RecordID); n != 1 {
 			t.Fatalf("the verified record %s has %d redemption rows, want 1", rp.Verified[0].RecordID, n)
 		}
-		screenshot(t, b, s.origin+"/demo/rp.html", filepath.Join(artifacts, "demo-rp.png"), "#send")
+		wantState(t, click(t, b, s.rp+"/", "#send", "result", "demo-rp.png"), "verified")
 	})
 
 	t.Run("3 refreshPolicy none with a cached record", func(t *testing.T) {
@@ -144,9 +170,9 @@ func TestChromium(t *testing.T) {
 		if b == nil {
 			t.Skip("scenario 2 did not run")
 		}
-		b.navigate(t, s.origin+"/demo/")
+		b.navigate(t, s.rp+"/")
 		before := s.redemptions()
-		r := eval[issueResult](t, b, redeemJS("none"))
+		r := eval[issueResult](t, b, rpRedeemJS(s.origin, "none"))
 		// Chromium answers from its record cache: in a fresh document the
 		// fetch resolves (status 200) without a network request; in the
 		// document that redeemed it rejects with NoModificationAllowedError.
@@ -206,15 +232,7 @@ func TestChromium(t *testing.T) {
 	})
 
 	t.Run("5 a commitment whose key the server does not hold", func(t *testing.T) {
-		foreign, err := voprf.GenerateKey(uint32(s.count("SELECT max(key_id) FROM key_epochs")), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := voprf.BuildCommitment(1, 10, []voprf.PublishedKey{{Public: foreign.Public(), Expiry: time.Now().AddDate(0, 3, 0)}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wrong := fmt.Sprintf(`{%q: %s}`, s.origin, body)
+		wrong, foreign := foreignCommitment(t, s)
 		b := newBrowser(t, wrong, t.TempDir())
 		b.navigate(t, s.origin+"/demo/")
 		before := len(s.logLines(`"route":"/.well-known/private-state-token/issuance"`))
@@ -318,25 +336,4 @@ func redeemRaw(t *testing.T, s *stack, tok voprf.Token) (int, string) {
 		t.Fatal("a refusal carried a Sec-Private-State-Token header")
 	}
 	return resp.StatusCode, string(body)
-}
-
-// screenshot clicks the page's button, waits, and saves a PNG.
-func screenshot(t *testing.T, b *browser, url, path, button string) {
-	t.Helper()
-	b.navigate(t, url)
-	if _, err := chromedp.Run(b.ctx, chromedp.Click(button)); err != nil {
-		t.Fatalf("click %s: %v", button, err)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
-	if err != nil {
-		t.Fatalf("screenshot: %v", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, png, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot %s", path)
 }

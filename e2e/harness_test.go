@@ -54,6 +54,7 @@ type stack struct {
 	dbURL   string
 	origin  string
 	listen  string
+	rp      string // the demo relying party's origin: another site
 	cmd     *exec.Cmd
 	logs    *syncBuffer
 	stopped chan struct{}
@@ -120,12 +121,13 @@ func prepareStack(t *testing.T, dbURL string, tok testenv.Token) *stack {
 	if err := os.WriteFile(pinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port, rpPort := freePort(t), freePort(t)
 	s := &stack{
 		t:      t,
 		dbURL:  dbURL,
 		origin: fmt.Sprintf("http://localhost:%d", port),
 		listen: fmt.Sprintf("127.0.0.1:%d", port),
+		rp:     fmt.Sprintf("http://127.0.0.1:%d", rpPort),
 		env: append(os.Environ(),
 			"PSTD_DATABASE_URL="+dbURL,
 			"PSTD_PKCS11_MODULE="+tok.Module,
@@ -134,6 +136,7 @@ func prepareStack(t *testing.T, dbURL string, tok testenv.Token) *stack {
 			"SOFTHSM2_CONF="+tok.Conf,
 			fmt.Sprintf("PSTD_ISSUER_ORIGIN=http://localhost:%d", port),
 			fmt.Sprintf("PSTD_LISTEN=127.0.0.1:%d", port),
+			fmt.Sprintf("PSTD_DEMO_RP_LISTEN=127.0.0.1:%d", rpPort),
 		),
 	}
 	s.pstctl("migrate")

@@ -30,8 +30,11 @@
 //		for _, r := range rp.RecordsFrom(c) { … r.Issuer, r.KeyID, r.RedemptionTime … }
 //	}
 //
-// Without echo, call Verifier.VerifyRequest (net/http), Verifier.VerifyHeader
-// or, for one record, Verifier.VerifyRecord.
+// Without echo, Handler is the same middleware as a plain
+// func(http.Handler) http.Handler (handlers read RecordsFromContext), or call
+// Verifier.VerifyRequest, Verifier.VerifyHeader or, for one record,
+// Verifier.VerifyRecord. docs/RELYING-PARTIES.md shows verification in Go,
+// with pstctl and in another language.
 //
 // What this package does not do: it keeps no state about records it has
 // seen. A browser re-sends a cached record (refreshPolicy "none"), so a

@@ -40,6 +40,33 @@ func ExampleMiddleware() {
 	_ = e // e.Start(":8443") …
 }
 
+// The same with nothing but net/http: Handler is a plain
+// func(http.Handler) http.Handler, so it also fits chi, gorilla/mux and the
+// like.
+func ExampleHandler() {
+	v, err := rp.NewVerifier(rp.Config{
+		Issuers:   map[string]string{"https://issuer.example": ""},
+		Audiences: []string{"https://shop.example"},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	checkout := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, rec := range rp.RecordsFromContext(r.Context()) {
+			log.Printf("token of %s, key %d, redeemed %s", rec.Issuer, rec.KeyID, rec.RedemptionTime)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux := http.NewServeMux()
+	mux.Handle("POST /checkout", rp.Handler(v, rp.HandlerOptions{Required: true})(checkout))
+
+	// A request without a record is refused before checkout runs.
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/checkout", nil))
+	fmt.Println(rec.Code, rec.Header().Get("Content-Type"))
+	// Output: 401 application/problem+json
+}
+
 func ExampleParseRedemptionRecordHeader() {
 	entries, err := rp.ParseRedemptionRecordHeader(
 		`"https://issuer.example";redemption-record="eyJhbGciOiJFUzI1NiJ9.e30.c2ln"`)

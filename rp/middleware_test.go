@@ -51,50 +51,70 @@ func TestMiddleware(t *testing.T) {
 		{"required, untrusted only", true, &untrusted, 403, 0, ProblemInvalid, "issuer not trusted"},
 		{"required, malformed", true, &malformed, 403, 0, ProblemInvalid, "malformed Sec-Redemption-Record header"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
+	// The same cases through the echo middleware and the plain one.
+	plain := func(w http.ResponseWriter, r *http.Request) {
+		res, err := ResultFromContext(r.Context())
+		a := answer{Records: len(RecordsFromContext(r.Context())), Fails: len(res.Failures)}
+		if err != nil {
+			a.HdrErr = err.Error()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(a)
+	}
+	stacks := map[string]func(required bool) http.Handler{
+		"echo": func(required bool) http.Handler {
 			e := echo.New()
-			e.GET("/", handler, Middleware(f.v, MiddlewareOptions{Required: tc.required}))
-			req := httptest.NewRequest(http.MethodGet, "/", nil)
-			if tc.header != nil {
-				req.Header.Set(HeaderName, *tc.header)
-			}
-			rec := httptest.NewRecorder()
-			e.ServeHTTP(rec, req)
-			if rec.Code != tc.status {
-				t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
-			}
-			if tc.problem != "" {
-				if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
-					t.Fatalf("content type %q", ct)
+			e.GET("/", handler, Middleware(f.v, MiddlewareOptions{Required: required}))
+			return e
+		},
+		"net/http": func(required bool) http.Handler {
+			return Handler(f.v, HandlerOptions{Required: required})(http.HandlerFunc(plain))
+		},
+	}
+	for stack, build := range stacks {
+		for _, tc := range cases {
+			t.Run(stack+"/"+tc.name, func(t *testing.T) {
+				req := httptest.NewRequest(http.MethodGet, "/", nil)
+				if tc.header != nil {
+					req.Header.Set(HeaderName, *tc.header)
 				}
-				var p struct{ Type, Title, Detail string }
-				if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+				rec := httptest.NewRecorder()
+				build(tc.required).ServeHTTP(rec, req)
+				if rec.Code != tc.status {
+					t.Fatalf("status %d, want %d: %s", rec.Code, tc.status, rec.Body)
+				}
+				if tc.problem != "" {
+					if ct := rec.Header().Get("Content-Type"); ct != "application/problem+json" {
+						t.Fatalf("content type %q", ct)
+					}
+					var p struct{ Type, Title, Detail string }
+					if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil {
+						t.Fatal(err)
+					}
+					if p.Type != tc.problem || p.Title == "" || !strings.Contains(p.Detail, tc.detail) {
+						t.Fatalf("problem %+v", p)
+					}
+					// The refusal names the kind, not the record or internals.
+					if strings.Contains(p.Detail, "eyJ") {
+						t.Fatalf("detail leaks the record: %s", p.Detail)
+					}
+					return
+				}
+				var a answer
+				if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
 					t.Fatal(err)
 				}
-				if p.Type != tc.problem || p.Title == "" || !strings.Contains(p.Detail, tc.detail) {
-					t.Fatalf("problem %+v", p)
+				if a.Records != tc.records {
+					t.Fatalf("handler saw %d records, want %d", a.Records, tc.records)
 				}
-				// The refusal names the kind, not the record or internals.
-				if strings.Contains(p.Detail, "eyJ") {
-					t.Fatalf("detail leaks the record: %s", p.Detail)
+				if tc.header == &malformed && a.HdrErr == "" {
+					t.Fatal("handler not told about the malformed header")
 				}
-				return
-			}
-			var a answer
-			if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
-				t.Fatal(err)
-			}
-			if a.Records != tc.records {
-				t.Fatalf("handler saw %d records, want %d", a.Records, tc.records)
-			}
-			if tc.header == &malformed && a.HdrErr == "" {
-				t.Fatal("handler not told about the malformed header")
-			}
-			if tc.header == &expired && a.Fails != 1 {
-				t.Fatalf("handler saw %d failures", a.Fails)
-			}
-		})
+				if tc.header == &expired && a.Fails != 1 {
+					t.Fatalf("handler saw %d failures", a.Fails)
+				}
+			})
+		}
 	}
 
 	t.Run("skipper", func(t *testing.T) {
@@ -104,6 +124,12 @@ func TestMiddleware(t *testing.T) {
 		e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
 		if rec.Code != 200 {
 			t.Fatalf("skipped request refused: %d", rec.Code)
+		}
+		rec = httptest.NewRecorder()
+		Handler(f.v, HandlerOptions{Required: true, Skip: func(*http.Request) bool { return true }})(http.HandlerFunc(plain)).
+			ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+		if rec.Code != 200 {
+			t.Fatalf("skipped request refused by the plain middleware: %d", rec.Code)
 		}
 	})
 }

@@ -141,21 +141,37 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	defer svcRun.Wait()
 	defer cancelSvc()
 
+	var policy httpapi.Policy = httpapi.AllowAll{}
+	clientKey := func(r *http.Request) string { return httpapi.ClientAddrKey(r.RemoteAddr) }
+	if proxies, _ := s.TrustedProxyPrefixes(); len(proxies) > 0 { // validated by ValidateServe
+		clientKey = httpapi.ForwardedClientKey(proxies)
+	}
+	if s.RateLimit > 0 {
+		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow, ClientKey: clientKey})
+	}
 	var opts []httpapi.Option
 	if s.Demo {
-		verify, err := demoVerifier(s)
-		if err != nil {
-			return err
+		refusals := demo.NewRefusals(policy, clientKey)
+		policy = refusals
+		cfg := demo.Config{IssuerOrigin: s.IssuerOrigin, RateLimit: s.RateLimit, RateWindow: s.RateWindow, Refusals: refusals}
+		if s.DemoRPListen != "" {
+			jwks := "http://" + s.Listen + rp.JWKSPath // this very server
+			if s.TLSCert != "" {
+				jwks = "" // the issuer origin's own, whose name the certificate carries
+			}
+			origin, done, err := demo.StartRelyingParty(svcCtx, s.DemoRPListen, cfg, jwks)
+			if err != nil {
+				return err
+			}
+			go func() {
+				if err := <-done; err != nil {
+					log.Error("the demo relying party stopped", "err", err)
+				}
+			}()
+			cfg.RPOrigin = origin
+			log.Info("demo relying party", "url", origin)
 		}
-		opts = append(opts, httpapi.WithRoutes(func(e *echo.Echo) { demo.Register(e, verify) }))
-	}
-	var policy httpapi.Policy = httpapi.AllowAll{}
-	if s.RateLimit > 0 {
-		cfg := httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow}
-		if proxies, _ := s.TrustedProxyPrefixes(); len(proxies) > 0 { // validated by ValidateServe
-			cfg.ClientKey = httpapi.ForwardedClientKey(proxies)
-		}
-		policy = httpapi.NewRateLimit(cfg)
+		opts = append(opts, httpapi.WithRoutes(func(e *echo.Echo) { demo.Register(e, cfg) }))
 	}
 	var origins []string
 	if s.AllowedOrigins != "" && s.AllowedOrigins != "*" {
@@ -216,32 +232,4 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		return nil
 	}
 	return err
-}
-
-// demoVerifier verifies records of this issuer for the demo relying-party
-// page, fetching the JWKS from this very server.
-func demoVerifier(s *wiring.Settings) (demo.Verifier, error) {
-	jwks := "http://" + s.Listen + rp.JWKSPath
-	if s.TLSCert != "" {
-		jwks = "" // the issuer origin's own JWKS URL, whose name the certificate carries
-	}
-	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{s.IssuerOrigin: jwks}})
-	if err != nil {
-		return nil, err
-	}
-	return func(r *http.Request) ([]demo.VerifiedRecord, error) {
-		res, err := v.VerifyRequest(r)
-		if err != nil {
-			return nil, err
-		}
-		var out []demo.VerifiedRecord
-		for _, rec := range res.Records {
-			out = append(out, demo.VerifiedRecord{Issuer: rec.Issuer, KeyID: rec.KeyID, RecordID: rec.RecordID,
-				Audience: rec.Audience, IssuedAt: rec.IssuedAt, Expiry: rec.Expiry})
-		}
-		if len(out) == 0 {
-			return nil, res.Err()
-		}
-		return out, nil
-	}, nil
 }

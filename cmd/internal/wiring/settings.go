@@ -48,6 +48,7 @@ type Settings struct {
 	RedeemGrace     time.Duration
 	Migrate         bool
 	Demo            bool
+	DemoRPListen    string
 	RateLimit       int
 	RateWindow      time.Duration
 	TrustedProxies  string
@@ -124,6 +125,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.StringVar(&s.AdminListen, "admin-listen", "", h("listen address for /metrics, /healthz and /readyz; when set, the public listener no longer serves /metrics", "admin-listen"))
 		fs.BoolVar(&s.Migrate, "migrate", false, h("apply database migrations at start-up", "migrate"))
 		fs.BoolVar(&s.Demo, "demo", false, h("serve the demo issuer and relying-party pages", "demo"))
+		fs.StringVar(&s.DemoRPListen, "demo-rp-listen", "127.0.0.1:8481", h("with --demo, listen address HOST:PORT of the demo relying party, served as http://HOST:PORT, another site than a localhost issuer; empty: none", "demo-rp-listen"))
 		fs.IntVar(&s.RateLimit, "rate-limit", 0, h("issuance requests per client address per window; 0 allows all", "rate-limit"))
 		fs.DurationVar(&s.RateWindow, "rate-window", httpapi.DefaultRateWindow, h("window of the per-address rate limit", "rate-window"))
 		fs.StringVar(&s.TrustedProxies, "trusted-proxies", "", h("comma-separated CIDRs of reverse proxies whose X-Forwarded-For the rate limit believes", "trusted-proxies"))
@@ -183,6 +185,13 @@ func (s *Settings) ValidateServe() error {
 	}
 	if s.AdminListen != "" && s.AdminListen == s.Listen {
 		errs = append(errs, errors.New("PSTD_ADMIN_LISTEN must differ from PSTD_LISTEN"))
+	}
+	if s.Demo && s.DemoRPListen != "" {
+		if _, _, err := net.SplitHostPort(s.DemoRPListen); err != nil {
+			errs = append(errs, fmt.Errorf("PSTD_DEMO_RP_LISTEN: %w", err))
+		} else if s.DemoRPListen == s.Listen || s.DemoRPListen == s.AdminListen {
+			errs = append(errs, errors.New("PSTD_DEMO_RP_LISTEN must differ from PSTD_LISTEN and PSTD_ADMIN_LISTEN"))
+		}
 	}
 	if s.RateLimit < 0 {
 		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))

@@ -82,6 +82,8 @@ func TestValidateServeRefusesBadValues(t *testing.T) {
 		"allowed origins": func(s *Settings) { s.AllowedOrigins = "https://a.example,not an origin" },
 		"batch size":      func(s *Settings) { s.BatchSize = 101 },
 		"trusted proxies": func(s *Settings) { s.TrustedProxies = "10.0.0.0/8, not-a-cidr" },
+		"demo rp listen":  func(s *Settings) { s.Demo, s.DemoRPListen = true, "8481" },
+		"demo rp same":    func(s *Settings) { s.Demo, s.DemoRPListen = true, s.Listen },
 	} {
 		s := base()
 		mod(&s)
