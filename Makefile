@@ -27,7 +27,7 @@ FUZZ_TARGETS := \
 	./httpapi:FuzzRedemptionHandler
 FUZZTIME ?= 50000x
 
-.PHONY: all build deps setup run stop test lint fmt fuzz bench clean
+.PHONY: all build deps setup run stop test lint fmt fuzz bench clean image k8s-render
 
 all: build
 
@@ -71,6 +71,13 @@ fuzz:
 		echo "fuzz $${t##*:} for $(FUZZ_FOR)"; \
 		$(GO) test -run='^$$' -fuzz="^$${t##*:}\$$" -fuzztime=$(FUZZ_FOR) "$${t%%:*}"; \
 	done
+
+# Container image localhost/pstd:$(VERSION), FROM scratch with no registry
+# (deploy/image/build.sh; needs root, buildah: `make deps` installs it).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+IMAGE ?= localhost/pstd:$(VERSION)
+image: deps
+	GO='$(GO)' PSTD_VERSION='$(VERSION)' deploy/image/build.sh '$(IMAGE)'
 
 bench:
 	$(GO) test -run '^$$' -bench . -cpu 1 ./signer/voprf/
