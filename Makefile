@@ -62,6 +62,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
+	cd deploy/kubernetes && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
 
 # Longer fuzzing by hand, e.g. `make fuzz FUZZ_FOR=10m`; a crash leaves its
 # input under the package's testdata/fuzz/ to commit as a regression seed.

@@ -2,7 +2,9 @@
 # deploy/dev/test.sh: the body of `make test` (run that, not this).
 # Starts a throwaway PostgreSQL cluster, runs every Go test with the race
 # detector against it (PSTD_TEST_REQUIRE=1: a missing dependency fails, it is
-# never skipped), then a short fuzz pass, and always stops the cluster.
+# never skipped; the container image and systemd unit tests under deploy/
+# are among them), then the Kubernetes tests (their own module,
+# deploy/kubernetes), then a short fuzz pass, and always stops the cluster.
 #
 # Inputs (from the Makefile): GO, PKGS, FUZZ_TARGETS ("./pkg:FuzzName ..."),
 # FUZZTIME.
@@ -43,6 +45,10 @@ set +a
 
 # shellcheck disable=SC2086 # PKGS may name several package patterns
 "$GO" test -count=1 -race -timeout 20m $PKGS
+
+# The Kubernetes manifests' tests live in a module of their own
+# (deploy/kubernetes/go.mod), which ./... does not reach.
+(cd deploy/kubernetes && "$GO" test -count=1 -timeout 10m ./...)
 
 for t in $FUZZ_TARGETS; do
 	pkg=${t%%:*}
