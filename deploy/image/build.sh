@@ -56,38 +56,47 @@ trap cleanup EXIT
 rootfs=$work/rootfs
 mkdir -p "$rootfs" "$cache"
 
-# uris PKG: "URL FILE SIZE SHA256:HEX" for the candidate version of PKG.
+# apt_update: once per build, when the package lists are missing (a fresh
+# machine) or stale (the mirror has moved on to a newer version).
 updated=0
-uris() {
-	local out
-	if ! out=$(apt-get download --print-uris "$1" 2>/dev/null) || [[ -z $out ]]; then
-		if ((updated)); then
-			pstd_die "apt cannot find package $1"
+apt_update() {
+	((updated == 0)) || return 1
+	updated=1
+	pstd_log "apt-get update"
+	env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2
+}
+
+# fetch_deb PKG: the candidate version of PKG as a verified .deb in the
+# cache; sets deb to its path. (Not in a subshell: apt_update runs once.)
+fetch_deb() {
+	local p=$1 out file sum dl
+	while :; do
+		if out=$(apt-get download --print-uris "$p" 2>/dev/null) && [[ -n $out ]]; then
+			read -r _ file _ sum <<<"$out"
+			sum=${sum#SHA256:}
+			[[ $file == *.deb && ${#sum} -eq 64 ]] || pstd_die "unexpected apt answer for $p: $out"
+			deb=$cache/$file
+			if [[ -f $deb ]] && echo "$sum  $deb" | sha256sum -c --quiet - >/dev/null 2>&1; then
+				return 0
+			fi
+			pstd_log "downloading $file"
+			dl=$(mktemp -d "$cache/dl.XXXXXX")
+			# Download as root into this root-only directory rather than as
+			# apt's sandbox user, which could not write it.
+			if (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$p" </dev/null >&2) &&
+				echo "$sum  $dl/$file" | sha256sum -c --quiet - >&2; then
+				mv "$dl/$file" "$deb"
+				rm -rf "$dl"
+				return 0
+			fi
+			rm -rf "$dl"
 		fi
-		# A fresh machine may have no package lists yet.
-		pstd_log "apt-get update (no package list for $1)"
-		env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >&2
-		updated=1
-		out=$(apt-get download --print-uris "$1") || pstd_die "apt cannot find package $1"
-	fi
-	printf '%s\n' "$out"
+		apt_update || pstd_die "cannot download $p with apt (or it does not match the SHA-256 in the apt index)"
+	done
 }
 
 for p in "${packages[@]}"; do
-	read -r _ file _ sum <<<"$(uris "$p")"
-	sum=${sum#SHA256:}
-	[[ $file == *.deb && ${#sum} -eq 64 ]] || pstd_die "unexpected apt answer for $p: $file $sum"
-	deb=$cache/$file
-	if [[ ! -f $deb ]] || ! echo "$sum  $deb" | sha256sum -c --quiet - >/dev/null 2>&1; then
-		pstd_log "downloading $file"
-		dl=$(mktemp -d "$cache/dl.XXXXXX")
-		# apt's download sandbox user cannot write a root-only directory.
-		chmod 0755 "$dl"
-		(cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$p" </dev/null >&2)
-		echo "$sum  $dl/$file" | sha256sum -c --quiet - || pstd_die "$file does not match the SHA-256 in the apt index"
-		mv "$dl/$file" "$deb"
-		rm -rf "$dl"
-	fi
+	fetch_deb "$p"
 	dpkg-deb -x "$deb" "$rootfs"
 done
 
