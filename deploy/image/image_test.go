@@ -9,11 +9,8 @@ package image_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pstd/pstd/deploy/internal/pstclient"
 	"github.com/pstd/pstd/httpapi"
 	"github.com/pstd/pstd/internal/testenv"
 	"github.com/pstd/pstd/rp"
@@ -157,81 +155,6 @@ func cpuSeconds(t *testing.T, pid int) float64 {
 		t.Fatalf("parse /proc/%d/stat", pid)
 	}
 	return (ut + st) / 100
-}
-
-type pstResult struct {
-	status int
-	token  string
-	body   string
-}
-
-func pst(t *testing.T, base, path, token string) pstResult {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, base+path, nil)
-	req.Header.Set(httpapi.HeaderCryptoVersion, voprf.ProtocolVersion)
-	req.Header.Set(httpapi.HeaderToken, token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	return pstResult{status: resp.StatusCode, token: resp.Header.Get(httpapi.HeaderToken), body: string(body)}
-}
-
-func get(t *testing.T, url string) (int, []byte) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
-}
-
-// issue gets n tokens in one issuance request with the Go PST client.
-func issue(t *testing.T, base string, keys map[uint32]*voprf.PublicKey, n int) []voprf.Token {
-	t.Helper()
-	ids := voprf.SortedKeyIDs(keys)
-	p, err := voprf.NewClient(keys[ids[len(ids)-1]]).Blind(n, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := pst(t, base, httpapi.PathIssuance, base64.StdEncoding.EncodeToString(p.Request()))
-	if r.status != http.StatusOK || r.token == "" {
-		t.Fatalf("issuance: status %d, body %s", r.status, r.body)
-	}
-	raw, err := base64.StdEncoding.DecodeString(r.token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(raw) < 6 {
-		t.Fatalf("issuance response of %d bytes", len(raw))
-	}
-	id := uint32(raw[2])<<24 | uint32(raw[3])<<16 | uint32(raw[4])<<8 | uint32(raw[5])
-	k, ok := keys[id]
-	if !ok {
-		t.Fatalf("issuance signed with key %d, not in the commitment", id)
-	}
-	toks, err := voprf.NewClient(k).Finish(p, raw)
-	if err != nil {
-		t.Fatalf("finishing issuance: %v", err)
-	}
-	return toks
-}
-
-func redeem(t *testing.T, base string, tok voprf.Token) pstResult {
-	t.Helper()
-	cd, err := voprf.MarshalClientData(&voprf.ClientData{RedeemingOrigin: "https://rp.example", RedemptionTimestamp: uint64(time.Now().Unix())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := voprf.MarshalRedeemRequest(&tok, cd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pst(t, base, httpapi.PathRedemption, base64.StdEncoding.EncodeToString(raw))
 }
 
 func TestImage(t *testing.T) {
@@ -369,33 +292,32 @@ func TestImage(t *testing.T) {
 	}
 	idleRSS := kib(t, procStatus(t, pid, "VmRSS"))
 
-	status, body := get(t, base+httpapi.PathKeyCommitment)
-	if status != http.StatusOK {
-		t.Fatalf("key commitment: %d %s", status, body)
+	client := pstclient.New(base)
+	keys, err := client.Commitment()
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, keys, err := voprf.ParseCommitment(body)
-	if err != nil || len(keys) == 0 {
-		t.Fatalf("key commitment: %v (%d keys)", err, len(keys))
+	toks, err := client.Issue(keys, 1)
+	if err != nil {
+		t.Fatal(err)
 	}
-
-	toks := issue(t, base, keys, 1)
-	r := redeem(t, base, toks[0])
-	if r.status != http.StatusOK || r.token == "" {
-		t.Fatalf("redemption: status %d, body %s", r.status, r.body)
+	r, err := client.Redeem(toks[0], "https://rp.example")
+	if err != nil || r.Status != http.StatusOK || r.Token == "" {
+		t.Fatalf("redemption: %v, status %d, body %s", err, r.Status, r.Body)
 	}
 	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{origin: base + rp.JWKSPath}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := v.VerifyRecord(context.Background(), origin, r.token)
+	rec, err := v.VerifyRecord(context.Background(), origin, r.Token)
 	if err != nil {
 		t.Fatalf("redemption record does not verify against the JWKS: %v", err)
 	}
 	if rec.RecordID == "" {
 		t.Fatal("redemption record without an id")
 	}
-	if again := redeem(t, base, toks[0]); again.status == http.StatusOK || again.token != "" {
-		t.Fatalf("the same token redeemed twice: %d", again.status)
+	if again, err := client.Redeem(toks[0], "https://rp.example"); err != nil || again.Status == http.StatusOK || again.Token != "" {
+		t.Fatalf("the same token redeemed twice: %v, status %d", err, again.Status)
 	}
 
 	// Light load for the resource figures: sequential issuance of 10-token
@@ -405,12 +327,15 @@ func TestImage(t *testing.T) {
 	var spend []voprf.Token
 	const rounds = 40
 	for i := 0; i < rounds; i++ {
-		got := issue(t, base, keys, 10)
+		got, err := client.Issue(keys, 10)
+		if err != nil {
+			t.Fatalf("issuance under load: %v", err)
+		}
 		spend = append(spend, got[0])
 	}
 	for _, tk := range spend {
-		if r := redeem(t, base, tk); r.status != http.StatusOK {
-			t.Fatalf("redemption under load: %d %s", r.status, r.body)
+		if r, err := client.Redeem(tk, "https://rp.example"); err != nil || r.Status != http.StatusOK {
+			t.Fatalf("redemption under load: %v, status %d %s", err, r.Status, r.Body)
 		}
 	}
 	cpu, wall := cpuSeconds(t, pid)-cpu0, time.Since(w0).Seconds()
