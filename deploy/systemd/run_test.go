@@ -159,12 +159,32 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 	// The host's test token, at the path a site would give SoftHSM2 for pstd.
 	tokens := filepath.Join(filepath.Dir(tok.Conf), "tokens")
 	if _, err := c.podman(nil, "run", "--detach", "--name", c.name,
-		// systemd as PID 1 sets up each unit's namespaces, credentials and
-		// seccomp filter: it needs the privileges it has on a real host.
+		// systemd as PID 1 sets up each unit's user and mount namespaces,
+		// credentials and seccomp filter: it needs the privileges it has on
+		// a real host (with podman's default capabilities and masks it
+		// cannot set up PrivateUsers=).
 		"--privileged", "--systemd=always", "--network", "host",
 		"-v", bin+":/usr/bin/pstd:ro",
 		"-v", tokens+":/var/lib/pstd/tokens",
-		image, "/sbin/init"); err != nil {
+		image, "/sbin/init",
+		// A privileged container could change the host through these boot
+		// units (kernel variables and modules, mounts, trims, clocks); none
+		// is needed here, so they are masked (systemd in a container takes
+		// its "kernel command line" from its arguments).
+		"systemd.mask=systemd-sysctl.service",
+		"systemd.mask=systemd-modules-load.service",
+		"systemd.mask=systemd-remount-fs.service",
+		"systemd.mask=systemd-binfmt.service",
+		"systemd.mask=systemd-pstore.service",
+		"systemd.mask=systemd-timesyncd.service",
+		"systemd.mask=fstrim.timer",
+		"systemd.mask=e2scrub_reap.service",
+		"systemd.mask=e2scrub_all.timer",
+		"systemd.mask=apt-daily.timer",
+		"systemd.mask=apt-daily-upgrade.timer",
+		"systemd.mask=dpkg-db-backup.timer",
+		"systemd.mask=getty.target",
+	); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -185,6 +205,10 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 	// container a private one, and credentials mounted in a unit's own
 	// namespace would not propagate. Make it what a host has.
 	c.sh(`mount --make-rshared /`)
+	// The masks above took: nothing that could touch the host ran.
+	if got := c.sh(`systemctl is-enabled systemd-sysctl.service fstrim.timer || true`); got != "masked-runtime\nmasked-runtime\n" {
+		t.Fatalf("boot units not masked: %q", got)
+	}
 
 	// Install as deploy/README.md says.
 	for _, f := range []struct{ src, dst string }{
