@@ -141,8 +141,13 @@ CGO_ENABLED=1 "$GO" build -trimpath -ldflags "-s -w -X main.version=$version" \
 ldconfig -r "$rootfs"
 
 # Every library the binaries need must resolve inside the image.
+interp=
+for f in "$rootfs"/usr/lib64/ld-linux*.so.* "$rootfs"/usr/lib/ld-linux*.so.*; do
+	[[ -e $f ]] && { interp=${f#"$rootfs"}; break; }
+done
+[[ -n $interp ]] || pstd_die "no dynamic loader in the image"
 for b in pstd pstctl; do
-	if ! chroot "$rootfs" /usr/lib64/ld-linux-x86-64.so.2 --list "/usr/bin/$b" >"$work/ldd" 2>&1 ||
+	if ! chroot "$rootfs" "$interp" --list "/usr/bin/$b" >"$work/ldd" 2>&1 ||
 		grep -q 'not found' "$work/ldd"; then
 		cat "$work/ldd" >&2
 		pstd_die "$b: unresolved shared libraries in the image"
