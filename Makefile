@@ -27,7 +27,7 @@ FUZZ_TARGETS := \
 	./httpapi:FuzzRedemptionHandler
 FUZZTIME ?= 50000x
 
-.PHONY: all build deps setup run stop test lint fmt fuzz bench clean image k8s-render
+.PHONY: all build deps setup run stop test lint fmt fuzz bench clean
 
 all: build
 
@@ -75,6 +75,7 @@ fuzz:
 
 # Container image localhost/pstd:$(VERSION), FROM scratch with no registry
 # (deploy/image/build.sh; needs root, buildah: `make deps` installs it).
+.PHONY: image k8s-render
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 IMAGE ?= localhost/pstd:$(VERSION)
 image: deps

@@ -2,9 +2,7 @@
 # deploy/dev/test.sh: the body of `make test` (run that, not this).
 # Starts a throwaway PostgreSQL cluster, runs every Go test with the race
 # detector against it (PSTD_TEST_REQUIRE=1: a missing dependency fails, it is
-# never skipped; the container image and systemd unit tests under deploy/
-# are among them), then the Kubernetes tests (their own module,
-# deploy/kubernetes), then a short fuzz pass, and always stops the cluster.
+# never skipped), then a short fuzz pass, and always stops the cluster.
 #
 # Inputs (from the Makefile): GO, PKGS, FUZZ_TARGETS ("./pkg:FuzzName ..."),
 # FUZZTIME.
