@@ -136,7 +136,9 @@ mkdir -p "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 
 pstd_log "building pstd and pstctl $version"
-CGO_ENABLED=1 "$GO" build -trimpath -ldflags "-s -w -X main.version=$version" \
+# -buildvcs=auto: record the commit (pstd --version, pstd_build_info) when
+# git can tell it, whatever GOFLAGS says.
+CGO_ENABLED=1 "$GO" build -trimpath -buildvcs=auto -ldflags "-s -w" \
 	-o "$rootfs/usr/bin/" ./cmd/pstd ./cmd/pstctl
 ldconfig -r "$rootfs"
 

@@ -245,12 +245,16 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 	c.write("/etc/pstd/credentials/database-url", "0600", []byte(dbURL+"\n"))
 	// Site drop-ins: SoftHSM2 writes its token store (deploy/README.md).
 	c.write("/etc/systemd/system/pstd.service.d/softhsm.conf", "0644", []byte("[Service]\nReadWritePaths=/var/lib/pstd/tokens\n"))
-	// TODO(lead): drop this once pstd reads PSTD_DATABASE_URL_FILE (the
-	// units already point it at the database-url credential); until then
-	// the URL (the test cluster's, without a password) goes inline.
-	for _, u := range []string{"pstd", "pstd-migrate"} {
-		c.write("/etc/systemd/system/"+u+".service.d/database-url.conf", "0644",
-			[]byte("[Service]\nEnvironment=PSTD_DATABASE_URL="+dbURL+"\n"))
+	// The units hand pstd the database URL as a credential through
+	// PSTD_DATABASE_URL_FILE (issue 14). A pstd without that setting gets
+	// the URL (the test cluster's, without a password) inline from a
+	// drop-in instead; drop this fallback once every branch has it.
+	if help, _ := exec.Command(bin, "migrate", "--help").CombinedOutput(); !strings.Contains(string(help), "-database-url-file") {
+		t.Log("pstd has no PSTD_DATABASE_URL_FILE yet: the database URL goes inline in a drop-in")
+		for _, u := range []string{"pstd", "pstd-migrate"} {
+			c.write("/etc/systemd/system/"+u+".service.d/database-url.conf", "0644",
+				[]byte("[Service]\nEnvironment=PSTD_DATABASE_URL="+dbURL+"\n"))
+		}
 	}
 	c.sh(`systemctl daemon-reload && systemctl start pstd.service`)
 
