@@ -81,6 +81,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
+	cd deploy/kubernetes && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
 
 # Longer fuzzing by hand, e.g. `make fuzz FUZZ_FOR=10m`; a crash leaves its
 # input under the package's testdata/fuzz/ to commit as a regression seed.
@@ -90,6 +91,29 @@ fuzz:
 		echo "fuzz $${t##*:} for $(FUZZ_FOR)"; \
 		n=$${t##*:}; $(GO) test -run='^$$' -fuzz="^$${n%%@*}\$$" -fuzztime=$(FUZZ_FOR) "$${t%%:*}"; \
 	done
+
+# Container image localhost/pstd:$(VERSION), FROM scratch with no registry
+# (deploy/image/build.sh; needs root, buildah: `make deps` installs it).
+.PHONY: image k8s-render
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+IMAGE ?= localhost/pstd:$(VERSION)
+image: deps
+	GO='$(GO)' PSTD_VERSION='$(VERSION)' deploy/image/build.sh '$(IMAGE)'
+
+# Kubernetes manifests (deploy/kubernetes/base, Kustomize) rendered for
+# $(IMAGE), printed on stdout. kustomize is built from the Go module proxy
+# into deploy/kubernetes/.tools/ (gitignored) at a pinned version; keep it
+# in step with sigs.k8s.io/kustomize/api in deploy/kubernetes/go.mod.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE := deploy/kubernetes/.tools/$(KUSTOMIZE_VERSION)/kustomize
+$(KUSTOMIZE):
+	GOBIN='$(abspath $(dir $(KUSTOMIZE)))' GOFLAGS=-mod=mod $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+k8s-render: $(KUSTOMIZE)
+	@set -euo pipefail; mkdir -p deploy/kubernetes/.tools; tmp=$$(mktemp -d deploy/kubernetes/.tools/render.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	image='$(IMAGE)'; \
+	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\nimages:\n  - name: localhost/pstd\n    newName: %s\n    newTag: "%s"\n' \
+		../../base "$${image%:*}" "$${image##*:}" >"$$tmp/kustomization.yaml"; \
+	$(KUSTOMIZE) build "$$tmp"
 
 bench:
 	$(GO) test -run '^$$' -bench . -cpu 1 ./signer/voprf/

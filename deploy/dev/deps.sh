@@ -2,9 +2,10 @@
 # Installs what the development and test stack needs, and only what is
 # missing: Go (go.mod's version; Debian 12 ships 1.19), a C compiler (cgo,
 # for the PKCS#11 binding and -race), SoftHSM2 (PKCS#11 token for
-# signer/hsm), PostgreSQL (db), Chromium (e2e). Non-interactive;
-# `apt-get update` runs only when something has to be installed. Safe to run
-# any number of times.
+# signer/hsm), PostgreSQL (db), Chromium (e2e), podman/buildah/runc
+# (deploy/image), systemd-analyze and mmdebstrap (deploy/systemd).
+# Non-interactive; `apt-get update` runs only when something has to be
+# installed. Safe to run any number of times.
 set -euo pipefail
 PSTD_SCRIPT=deps.sh
 # shellcheck source=deploy/dev/lib.sh
@@ -54,6 +55,20 @@ fi
 
 if ! command -v chromium >/dev/null 2>&1; then
 	want+=(chromium)
+fi
+
+# The container image (deploy/image: buildah builds it, podman and runc run
+# it in its test) and the systemd units (deploy/systemd: checked with
+# systemd-analyze, and run under systemd in a podman container whose Debian
+# root mmdebstrap makes).
+if ! command -v podman >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+	want+=(podman buildah runc)
+fi
+if ! command -v mmdebstrap >/dev/null 2>&1; then
+	want+=(mmdebstrap)
+fi
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+	want+=(systemd)
 fi
 
 if ((${#want[@]} == 0)); then
@@ -111,3 +126,6 @@ command -v softhsm2-util >/dev/null || pstd_die "softhsm2-util still missing"
 pstd_pg_bindir >/dev/null || pstd_die "PostgreSQL server binaries still missing"
 command -v chromium >/dev/null || pstd_die "chromium still missing"
 command -v gcc >/dev/null || pstd_die "gcc still missing (cgo)"
+for c in podman buildah runc mmdebstrap systemd-analyze; do
+	command -v "$c" >/dev/null || pstd_die "$c still missing"
+done

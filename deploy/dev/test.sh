@@ -119,6 +119,10 @@ set +a
 # shellcheck disable=SC2086 # PKGS may name several package patterns
 "$GO" test -count=1 -race -timeout 20m $PKGS
 
+# The Kubernetes manifests' tests live in a module of their own
+# (deploy/kubernetes/go.mod), which ./... does not reach.
+(cd deploy/kubernetes && "$GO" test -count=1 -timeout 10m ./...)
+
 # An entry may carry its own execution count, ./pkg:FuzzName@2000x, for
 # targets whose every execution is expensive (curve arithmetic, signatures).
 for t in $FUZZ_TARGETS; do
