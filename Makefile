@@ -55,6 +55,9 @@ setup:
 
 run: setup
 	@set -a && . "$${PSTD_DEV_STATE:-./.pstd}/env" && set +a && \
+	port=$${PSTD_LISTEN##*:} && host=$${PSTD_LISTEN%:*} && \
+	if (exec 3<>"/dev/tcp/$${host:-127.0.0.1}/$$port") 2>/dev/null; then \
+		echo "pstd: $$PSTD_LISTEN is in use; run with another, e.g. PSTD_LISTEN=127.0.0.1:8490 make run" >&2; exit 1; fi && \
 	echo "pstd: serving $$PSTD_ISSUER_ORIGIN (demo pages at $$PSTD_ISSUER_ORIGIN/demo/)" && \
 	echo "Try it in Chromium:" && \
 	echo "  chromium --user-data-dir=\$$(mktemp -d) --additional-private-state-token-key-commitments='$$($(BIN)/pstctl commitment --chromium)' $$PSTD_ISSUER_ORIGIN/demo/" && \

@@ -44,6 +44,11 @@ fi
 
 "$PSTD_ROOT/softhsm/init-token.sh" "$state/softhsm" "$label"
 
+# The listener and origin: the caller's PSTD_LISTEN / PSTD_ISSUER_ORIGIN
+# if set (make run honours them), else 127.0.0.1:8480 and localhost.
+listen=${PSTD_LISTEN:-127.0.0.1:8480}
+origin=${PSTD_ISSUER_ORIGIN:-http://localhost:${listen##*:}}
+
 # Written atomically and only when it changes. Values are shell-quoted.
 {
 	echo "# Written by deploy/dev/setup.sh; regenerated on every \`make setup\`. DEVELOPMENT ONLY."
@@ -52,8 +57,8 @@ fi
 	pstd_export PSTD_PKCS11_TOKEN_LABEL "$label"
 	pstd_export PSTD_PKCS11_PIN_FILE "$state/softhsm/pin"
 	pstd_export SOFTHSM2_CONF "$state/softhsm/softhsm2.conf"
-	pstd_export PSTD_ISSUER_ORIGIN http://localhost:8480
-	pstd_export PSTD_LISTEN 127.0.0.1:8480
+	pstd_export PSTD_ISSUER_ORIGIN "$origin"
+	pstd_export PSTD_LISTEN "$listen"
 } >"$envfile.tmp"
 if cmp -s "$envfile.tmp" "$envfile"; then
 	rm -f "$envfile.tmp"

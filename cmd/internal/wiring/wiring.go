@@ -87,6 +87,11 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 			store.Close()
 			return nil, fmt.Errorf("migrate: %w", err)
 		}
+	} else if cur, latest, err := store.SchemaVersion(ctx); err == nil && cur < latest {
+		// Never serve on a half-migrated schema. (A database that cannot be
+		// reached is not refused here: the service waits for it.)
+		store.Close()
+		return nil, fmt.Errorf("the database schema is at version %d and this pstd needs %d: run `pstctl migrate` (or start with --migrate) first", cur, latest)
 	}
 	hcfg, err := s.HSMConfig(log)
 	if err != nil {
