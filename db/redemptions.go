@@ -72,7 +72,7 @@ func (s *Store) RecordRedemption(ctx context.Context, r Redemption, beforeCommit
 	// are enforced here too, not only in the replica's memory.
 	b.Queue(`INSERT INTO redemptions (key_id, nonce_hash, redeemed_at, record_id, redeeming_origin)
 		SELECT $1::bigint, $2::bytea, coalesce($3::timestamptz, now()), $4::text, $5::text
-		 WHERE EXISTS (SELECT 1 FROM key_epochs k WHERE k.key_id = $1::bigint AND k.retired_at IS NULL AND k.expiry > now())
+		 WHERE EXISTS (SELECT 1 FROM key_epochs k WHERE k.key_id = $1::bigint AND k.retired_at IS NULL AND k.expiry > coalesce($3::timestamptz, now()))
 		RETURNING current_setting('synchronous_commit'), nextval('redemption_hwm')`,
 		int64(r.KeyID), r.NonceHash[:], nullTime(r.RedeemedAt), r.RecordID, origin).QueryRow(func(row pgx.Row) error {
 		var hwm int64

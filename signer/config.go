@@ -35,6 +35,9 @@ type Config struct {
 	RotationInterval time.Duration // how often the rotation policy runs
 	// CheckpointInterval is how often a changed audit log is checkpointed.
 	CheckpointInterval time.Duration
+	// RegistrationExpiry is when the issuer's registration with Google
+	// lapses (zero: not set); exported as a metric for alerting.
+	RegistrationExpiry time.Time
 	Logger             *slog.Logger
 	Actor              string // who the audit log names for automatic changes
 	// Registerer, if set, receives the service's metrics (HSM and

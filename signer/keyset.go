@@ -136,6 +136,19 @@ func (s *Service) reload(ctx context.Context) (err error) {
 	if lk, ok := next.signing(s.cfg.Clock.Now()); ok {
 		s.metrics.signingKey(lk.Key.KeyID(), lk.Times.Expiry)
 	}
+	times := make([]KeyTimes, 0, len(next.keys))
+	for _, lk := range next.keys {
+		times = append(times, lk.Times)
+	}
+	tl := s.cfg.Policy.Timeline(s.cfg.Clock.Now(), times, 0)
+	if !tl.NextRotation.IsZero() {
+		s.metrics.nextRotation.Set(float64(tl.NextRotation.Unix()))
+	}
+	if tl.Successor {
+		s.metrics.successor.Set(1)
+	} else {
+		s.metrics.successor.Set(0)
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package signer
 
 import (
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,23 @@ type metrics struct {
 	rotatedAt    prometheus.Gauge
 
 	integrityViolations prometheus.Counter
+
+	nextRotation       prometheus.Gauge
+	successor          prometheus.Gauge
+	registrationExpiry prometheus.Gauge
+	issuedByKey        *prometheus.CounterVec
+	redeemedByKey      *prometheus.CounterVec
+}
+
+// keyLabel bounds the key_id label to the keys loaded (at most a handful
+// live at once); anything else is "other".
+func keyLabel(ks *keySet, id uint32) string {
+	if ks != nil {
+		if _, ok := ks.keys[id]; ok {
+			return strconv.FormatUint(uint64(id), 10)
+		}
+	}
+	return "other"
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -49,6 +67,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "pstd", Name: "rotation_last_success_timestamp_seconds",
 			Help: "When this replica last ran the rotation policy successfully (Unix time).",
 		}),
+		nextRotation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "next_rotation_timestamp_seconds",
+			Help: "When the next VOPRF key must start signing (Unix time).",
+		}),
+		successor: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "successor_key_published",
+			Help: "1 when the key that signs next is already published; alert when 0 a few days before the next rotation.",
+		}),
+		registrationExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "registration_expiry_timestamp_seconds",
+			Help: "When the issuer's registration with Google lapses (PSTD_REGISTRATION_EXPIRES; 0 if unset).",
+		}),
+		issuedByKey: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "key_tokens_issued_total",
+			Help: "Tokens issued, by signing key.",
+		}, []string{"key_id"}),
+		redeemedByKey: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pstd", Name: "key_redemptions_total",
+			Help: "Redemption attempts by the token's key and outcome (redeemed, replayed, unknown-key, expired-key, invalid, refused).",
+		}, []string{"key_id", "outcome"}),
 		integrityViolations: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "pstd", Name: "integrity_violations_total",
 			Help: "Stored keys, record keys or commitments that failed a check against the HSM: alert on any.",
@@ -58,7 +96,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt, m.integrityViolations} {
+	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt, m.integrityViolations,
+		m.nextRotation, m.successor, m.registrationExpiry, m.issuedByKey, m.redeemedByKey} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,9 @@ func New(cfg Config, store Store, custody Custody) (*Service, error) {
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
+	}
+	if !cfg.RegistrationExpiry.IsZero() {
+		m.registrationExpiry.Set(float64(cfg.RegistrationExpiry.Unix()))
 	}
 	return &Service{cfg: cfg, store: store, custody: custody, metrics: m}, nil
 }
@@ -125,6 +129,9 @@ func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, i
 		return nil, 0, pstderr.New(pstderr.Unavailable, "no signing key")
 	}
 	resp, n, err := lk.Key.Issue(req, min(max, s.cfg.BatchSize), rand.Reader)
+	if err == nil {
+		s.metrics.issuedByKey.WithLabelValues(keyLabel(ks, lk.Key.KeyID())).Add(float64(n))
+	}
 	return resp, n, fromVOPRF(err)
 }
 
@@ -141,6 +148,39 @@ func (l liveKeys) Key(id uint32) (*voprf.PrivateKey, bool) { return l.ks.live(id
 // only then returns the record. A failure at any step returns no record; a
 // failure before the commit leaves the token unspent.
 func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
+	record, err := s.redeem(ctx, request)
+	s.countRedemption(request, err)
+	return record, err
+}
+
+// countRedemption counts a redemption attempt by its token's key and outcome.
+func (s *Service) countRedemption(request []byte, err error) {
+	ks := s.ring.load()
+	label := "other"
+	outcome := "redeemed"
+	id := uint32(0)
+	if req, perr := voprf.ParseRedeemRequest(request); perr == nil {
+		id = req.Token.KeyID
+		label = keyLabel(ks, id)
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, pstderr.AlreadyRedeemed):
+		outcome = "replayed"
+	case errors.Is(err, pstderr.UnknownKey):
+		outcome = "unknown-key"
+		if ks != nil && ks.keys[id] != nil && !ks.keys[id].Times.Live(s.cfg.Clock.Now()) {
+			outcome = "expired-key"
+		}
+	case errors.Is(err, pstderr.InvalidToken), errors.Is(err, pstderr.Malformed), errors.Is(err, pstderr.BadPoint):
+		outcome = "invalid"
+	default:
+		outcome = "refused"
+	}
+	s.metrics.redeemedByKey.WithLabelValues(label, outcome).Inc()
+}
+
+func (s *Service) redeem(ctx context.Context, request []byte) (string, error) {
 	if err := s.fenceErr(); err != nil {
 		return "", err
 	}

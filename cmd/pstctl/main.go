@@ -92,9 +92,9 @@ func root(out io.Writer) *ffcli.Command {
 	var auditLimit int
 	var rrIssuer, rrJWKS string
 
-	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|init|rotate|retire|import|rotate-rr|fence", ShortHelp: "manage VOPRF and record keys",
+	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|plan|init|rotate|retire|import|rotate-rr|fence", ShortHelp: "manage VOPRF and record keys",
 		Subcommands: []*ffcli.Command{
-			cmd("list", "keys list", "list key epochs and record keys", wiring.Database, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+			cmd("list", "keys list", "list key epochs (which signs, until when it signs and redeems) and record keys", wiring.Database|wiring.Issuer, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
 				store, err := wiring.OpenStore(ctx, s, quietLogger())
 				if err != nil {
 					return err
@@ -105,10 +105,36 @@ func root(out io.Writer) *ffcli.Command {
 					return err
 				}
 				now := time.Now()
-				tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "KEY ID\tSTATE\tNOT BEFORE\tEXPIRY\tIMPORTED")
+				var live []signer.KeyTimes
 				for _, e := range es {
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%v\n", e.KeyID, e.State(now), e.NotBefore.UTC().Format(time.RFC3339), e.Expiry.UTC().Format(time.RFC3339), e.Imported)
+					if e.RetiredAt.IsZero() {
+						live = append(live, signer.KeyTimes{KeyID: e.KeyID, NotBefore: e.NotBefore, Expiry: e.Expiry})
+					}
+				}
+				signing, _ := signer.SigningKey(now, live)
+				tl := s.Policy().Timeline(now, live, 0)
+				signsUntil := map[uint32]time.Time{}
+				for _, w := range tl.Keys {
+					signsUntil[w.KeyID] = w.SignsUntil
+				}
+				tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "KEY ID\tSTATE\tSIGNS\tSIGNS FROM\tSIGNS UNTIL\tREDEEMS UNTIL\tIMPORTED")
+				for _, e := range es {
+					signs, until := "", "-"
+					if e.KeyID == signing.KeyID && e.RetiredAt.IsZero() {
+						signs = "yes"
+					}
+					if t, ok := signsUntil[e.KeyID]; ok && e.RetiredAt.IsZero() {
+						until = t.UTC().Format(time.RFC3339)
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%v\n", e.KeyID, e.State(now), signs, e.NotBefore.UTC().Format(time.RFC3339), until, e.Expiry.UTC().Format(time.RFC3339), e.Imported)
+				}
+				if !tl.NextRotation.IsZero() {
+					succ := "not yet published"
+					if tl.Successor {
+						succ = "published"
+					}
+					fmt.Fprintf(tw, "\nnext rotation: %s (successor %s)\n", tl.NextRotation.UTC().Format(time.RFC3339), succ)
 				}
 				rr, err := store.RRKeys(ctx)
 				if err != nil {
@@ -204,6 +230,7 @@ func root(out io.Writer) *ffcli.Command {
 				})
 			}),
 			fenceCommand(out),
+			planCommand(out),
 		}}
 
 	rootFS := flag.NewFlagSet("pstctl", flag.ContinueOnError)

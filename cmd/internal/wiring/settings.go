@@ -46,6 +46,7 @@ type Settings struct {
 	SigningPeriod   time.Duration
 	PublishLead     time.Duration
 	RedeemGrace     time.Duration
+	RegistrationExp string // YYYY-MM-DD
 	Migrate         bool
 	Demo            bool
 	DemoRPListen    string
@@ -117,6 +118,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.DurationVar(&s.SigningPeriod, "signing-period", p.SigningPeriod, h("how long each key signs, at least 60 days", "signing-period"))
 		fs.DurationVar(&s.PublishLead, "publish-lead", p.PublishLead, h("how long before it signs a new key is published", "publish-lead"))
 		fs.DurationVar(&s.RedeemGrace, "redeem-grace", p.RedeemGrace, h("how long tokens still redeem after their key stops signing", "redeem-grace"))
+		fs.StringVar(&s.RegistrationExp, "registration-expires", "", h("date (YYYY-MM-DD) the issuer's registration with Google lapses, for pstctl keys plan and the metric to alert on", "registration-expires"))
 	}
 	if groups&Server != 0 {
 		fs.StringVar(&s.Listen, "listen", "127.0.0.1:8480", h("listen address HOST:PORT", "listen"))
@@ -199,6 +201,9 @@ func (s *Settings) ValidateServe() error {
 	if _, err := s.TrustedProxyPrefixes(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := s.RegistrationExpiry(); err != nil {
+		errs = append(errs, err)
+	}
 	if s.AllowedOrigins != "*" && s.AllowedOrigins != "" {
 		for _, o := range strings.Split(s.AllowedOrigins, ",") {
 			if err := validateOrigin(o); err != nil {
@@ -207,6 +212,18 @@ func (s *Settings) ValidateServe() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// RegistrationExpiry parses PSTD_REGISTRATION_EXPIRES (zero when unset).
+func (s *Settings) RegistrationExpiry() (time.Time, error) {
+	if s.RegistrationExp == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.DateOnly, s.RegistrationExp)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("PSTD_REGISTRATION_EXPIRES %q is not a date like 2027-05-31", s.RegistrationExp)
+	}
+	return t, nil
 }
 
 // TrustedProxyPrefixes parses PSTD_TRUSTED_PROXIES.

@@ -103,13 +103,20 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 		store.Close()
 		return nil, fmt.Errorf("HSM: %w", err)
 	}
+	regExpiry, err := s.RegistrationExpiry()
+	if err != nil {
+		h.Close()
+		store.Close()
+		return nil, err
+	}
 	svc, err := signer.New(signer.Config{
-		IssuerOrigin:   s.IssuerOrigin,
-		BatchSize:      s.BatchSize,
-		RecordLifetime: s.RecordLifetime,
-		Policy:         s.Policy(),
-		Logger:         log,
-		Registerer:     reg,
+		RegistrationExpiry: regExpiry,
+		IssuerOrigin:       s.IssuerOrigin,
+		BatchSize:          s.BatchSize,
+		RecordLifetime:     s.RecordLifetime,
+		Policy:             s.Policy(),
+		Logger:             log,
+		Registerer:         reg,
 	}, store, h)
 	if err != nil {
 		h.Close()
