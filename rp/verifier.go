@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"golang.org/x/net/idna"
 )
 
 const (
@@ -324,15 +327,19 @@ func isRecordType(typ string) bool {
 	return typ == RecordType || typ == "application/"+RecordType
 }
 
-// canonicalOrigin turns an http(s) origin into its ASCII serialisation
-// (lower-case scheme and host, default port dropped), so that a configured
-// "https://Issuer.example:443/" matches the "https://issuer.example" a
-// browser sends. Anything with a path, query, fragment or user info is not
-// an origin.
-func canonicalOrigin(s string) (string, error) {
+// canonicalOrigin is CanonicalOrigin.
+func canonicalOrigin(s string) (string, error) { return CanonicalOrigin(s) }
+
+// CanonicalOrigin turns an http(s) origin into its ASCII serialisation
+// (lower-case scheme and host, internationalised names in punycode, the
+// default port dropped), so that a configured "https://Issuer.example:443/"
+// matches the "https://issuer.example" a browser sends. It refuses anything
+// that is not an origin: a path, query, fragment or user info, an empty
+// host, a port outside 1–65535, an IPv6 zone.
+func CanonicalOrigin(s string) (string, error) {
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", err
+		return "", errors.New("not a URL")
 	}
 	scheme := strings.ToLower(u.Scheme)
 	if scheme != "https" && scheme != "http" {
@@ -341,15 +348,33 @@ func canonicalOrigin(s string) (string, error) {
 	if u.Opaque != "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Host == "" {
 		return "", errors.New("not an origin (scheme://host[:port] only)")
 	}
-	host, port := strings.ToLower(u.Hostname()), u.Port()
+	host, port := u.Hostname(), u.Port()
 	if host == "" {
 		return "", errors.New("origin without host")
 	}
+	if strings.Contains(host, "%") {
+		return "", errors.New("an IPv6 zone is not part of an origin")
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+			return "", errors.New("port outside 1-65535")
+		}
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		host = ip.String()
+		if ip.Is6() {
+			host = "[" + host + "]"
+		}
+	} else {
+		ascii, err := idna.Lookup.ToASCII(host)
+		if err != nil || ascii == "" {
+			return "", errors.New("host is not a valid domain name")
+		}
+		host = strings.ToLower(ascii)
+	}
 	if (scheme == "https" && port == "443") || (scheme == "http" && port == "80") {
 		port = ""
-	}
-	if strings.Contains(host, ":") { // IPv6 literal
-		host = "[" + host + "]"
 	}
 	if port != "" {
 		host += ":" + port

@@ -617,3 +617,28 @@ func TestCanonicalOrigin(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalOriginRules(t *testing.T) {
+	for in, want := range map[string]string{
+		"HTTPS://RP.EXAMPLE":         "https://rp.example",
+		"https://rp.example:443/":    "https://rp.example",
+		"http://rp.example:80":       "http://rp.example",
+		"https://rp.example:8443":    "https://rp.example:8443",
+		"https://bücher.example":     "https://xn--bcher-kva.example",
+		"http://[::1]:8080":          "http://[::1]:8080",
+		"http://127.0.0.1:8481":      "http://127.0.0.1:8481",
+		"https://rp.example:99999":   "",
+		"https://rp.example:0":       "",
+		"https://rp.example:0443":    "",
+		"http://[fe80::1%25eth0]:80": "",
+		"https://":                   "",
+		"https://rp.example/path":    "",
+		"https://user@rp.example":    "",
+		"ftp://rp.example":           "",
+	} {
+		got, err := CanonicalOrigin(in)
+		if (err != nil) != (want == "") || got != want {
+			t.Errorf("CanonicalOrigin(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}

@@ -35,6 +35,8 @@ type Config struct {
 	RotationInterval time.Duration // how often the rotation policy runs
 	// CheckpointInterval is how often a changed audit log is checkpointed.
 	CheckpointInterval time.Duration
+	// Redeemers limits which origins may redeem (zero value: any).
+	Redeemers Redeemers
 	// RegistrationExpiry is when the issuer's registration with Google
 	// lapses (zero: not set); exported as a metric for alerting.
 	RegistrationExpiry time.Time

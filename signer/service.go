@@ -12,6 +12,7 @@ import (
 
 	"github.com/pstd/pstd/db"
 	"github.com/pstd/pstd/internal/pstderr"
+	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer/voprf"
 )
 
@@ -96,6 +97,10 @@ func (r hsmReader) Read(p []byte) (int, error) {
 	copy(p, b)
 	return len(p), nil
 }
+
+// maxClockSkew bounds how far a browser's redemption timestamp may be from
+// the issuer's clock.
+const maxClockSkew = 24 * time.Hour
 
 // The request path: what httpapi.Issuer asks of the service.
 
@@ -190,15 +195,33 @@ func (s *Service) redeem(ctx context.Context, request []byte) (string, error) {
 		return "", pstderr.New(pstderr.Unavailable, "keys not loaded")
 	}
 	now := s.cfg.Clock.Now()
+	// The checks that cost nothing come first: the request's framing, the
+	// client data, the redeeming origin (canonical, and on the allow-list)
+	// and the redemption time; only then the token's verification (a
+	// scalar multiplication), the database row and the HSM signature.
+	parsed, err := voprf.ParseRedeemRequest(request)
+	if err != nil {
+		return "", fromVOPRF(err)
+	}
+	cd, err := voprf.ParseClientData(parsed.ClientData)
+	if err != nil {
+		return "", fromVOPRF(err)
+	}
+	origin, err := rp.CanonicalOrigin(cd.RedeemingOrigin)
+	if err != nil {
+		return "", pstderr.New(pstderr.Malformed, "redeeming-origin is not an origin: %v", err)
+	}
+	if !s.cfg.Redeemers.Allows(origin) {
+		return "", pstderr.New(pstderr.Denied, "redeeming origin %s is not allowed to redeem", origin)
+	}
+	if d := cd.Time().Sub(now); d > maxClockSkew || d < -maxClockSkew {
+		return "", pstderr.New(pstderr.Malformed, "redemption-timestamp is more than a day from now")
+	}
 	req, err := voprf.Redeem(liveKeys{ks, now}, request)
 	if err != nil {
 		return "", fromVOPRF(err)
 	}
-	cd, err := voprf.ParseClientData(req.ClientData)
-	if err != nil {
-		return "", fromVOPRF(err)
-	}
-	claims, err := NewRecordClaims(s.cfg.IssuerOrigin, cd.RedeemingOrigin, req.Token.KeyID, cd.Time(), now, s.cfg.RecordLifetime)
+	claims, err := NewRecordClaims(s.cfg.IssuerOrigin, origin, req.Token.KeyID, cd.Time(), now, s.cfg.RecordLifetime)
 	if err != nil {
 		return "", err
 	}
@@ -206,7 +229,7 @@ func (s *Service) redeem(ctx context.Context, request []byte) (string, error) {
 		KeyID:           req.Token.KeyID,
 		NonceHash:       sha256.Sum256(req.Token.Nonce[:]),
 		RecordID:        claims.ID,
-		RedeemingOrigin: cd.RedeemingOrigin,
+		RedeemingOrigin: origin,
 		RedeemedAt:      now,
 	}
 	// The record is signed inside the redemption's transaction, after the

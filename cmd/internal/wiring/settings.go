@@ -47,6 +47,7 @@ type Settings struct {
 	PublishLead     time.Duration
 	RedeemGrace     time.Duration
 	RegistrationExp string // YYYY-MM-DD
+	RedeemerOrigins string
 	Migrate         bool
 	Demo            bool
 	DemoRPListen    string
@@ -118,6 +119,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.DurationVar(&s.SigningPeriod, "signing-period", p.SigningPeriod, h("how long each key signs, at least 60 days", "signing-period"))
 		fs.DurationVar(&s.PublishLead, "publish-lead", p.PublishLead, h("how long before it signs a new key is published", "publish-lead"))
 		fs.DurationVar(&s.RedeemGrace, "redeem-grace", p.RedeemGrace, h("how long tokens still redeem after their key stops signing", "redeem-grace"))
+		fs.StringVar(&s.RedeemerOrigins, "redeemer-origins", "", h("comma-separated origins allowed to redeem (exact, or https://*.example.com for subdomains); empty allows any", "redeemer-origins"))
 		fs.StringVar(&s.RegistrationExp, "registration-expires", "", h("date (YYYY-MM-DD) the issuer's registration with Google lapses, for pstctl keys plan and the metric to alert on", "registration-expires"))
 	}
 	if groups&Server != 0 {
@@ -203,6 +205,9 @@ func (s *Settings) ValidateServe() error {
 	}
 	if _, err := s.RegistrationExpiry(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := signer.ParseRedeemers(s.RedeemerOrigins); err != nil {
+		errs = append(errs, fmt.Errorf("PSTD_REDEEMER_ORIGINS: %w", err))
 	}
 	if s.AllowedOrigins != "*" && s.AllowedOrigins != "" {
 		for _, o := range strings.Split(s.AllowedOrigins, ",") {

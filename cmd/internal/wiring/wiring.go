@@ -109,7 +109,14 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 		store.Close()
 		return nil, err
 	}
+	redeemers, err := signer.ParseRedeemers(s.RedeemerOrigins)
+	if err != nil {
+		h.Close()
+		store.Close()
+		return nil, fmt.Errorf("PSTD_REDEEMER_ORIGINS: %w", err)
+	}
 	svc, err := signer.New(signer.Config{
+		Redeemers:          redeemers,
 		RegistrationExpiry: regExpiry,
 		IssuerOrigin:       s.IssuerOrigin,
 		BatchSize:          s.BatchSize,
