@@ -79,13 +79,19 @@ func (s *stack) issueTokens(n int) []voprf.Token {
 
 func (s *stack) issueOnce(keys map[uint32]*voprf.PublicKey, n int) (outcome, []voprf.Token) {
 	s.t.Helper()
+	return s.issueOnceAt(keys, n, httpapi.PathIssuance)
+}
+
+// issueOnceAt is issueOnce at another path (e.g. with a query).
+func (s *stack) issueOnceAt(keys map[uint32]*voprf.PublicKey, n int, path string) (outcome, []voprf.Token) {
+	s.t.Helper()
 	ids := voprf.SortedKeyIDs(keys)
 	client := voprf.NewClient(keys[ids[len(ids)-1]])
 	p, err := client.Blind(n, rand.Reader)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	o := s.pst(httpapi.PathIssuance, base64.StdEncoding.EncodeToString(p.Request()))
+	o := s.pst(path, base64.StdEncoding.EncodeToString(p.Request()))
 	if o.status != http.StatusOK {
 		return o, nil
 	}

@@ -272,6 +272,11 @@ func (s *Server) doRedemption(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.cfg.RedemptionPolicy != nil {
+		if _, err := s.cfg.RedemptionPolicy.Allow(ctx, req, 1); err != nil {
+			return err
+		}
+	}
 	var record string
 	err = s.call(ctx, func() error {
 		var err error

@@ -48,6 +48,8 @@ type RateLimitConfig struct {
 	MaxAddresses int
 	// Now is the clock (default time.Now); tests inject a fake one.
 	Now func() time.Time
+	// What names what is limited in the refusal (default "issuance requests").
+	What string
 	// ClientKey returns the rate-limit key of a request (default:
 	// ClientAddrKey of the TCP peer). Behind a reverse proxy, supply one that
 	// reads the proxy's header, trusting only the proxy's own entry.
@@ -98,6 +100,13 @@ func NewRateLimit(cfg RateLimitConfig) *RateLimit {
 	}
 }
 
+func (l *RateLimit) what() string {
+	if l.cfg.What != "" {
+		return l.cfg.What
+	}
+	return "issuance requests"
+}
+
 // Allow implements Policy.
 func (l *RateLimit) Allow(_ context.Context, r *http.Request, requested int) (int, error) {
 	if requested <= 0 {
@@ -131,7 +140,7 @@ func (l *RateLimit) Allow(_ context.Context, r *http.Request, requested int) (in
 	if allowed <= 0 {
 		wait := time.Duration((1 - b.level) / l.rate * float64(time.Second))
 		return 0, &RateLimitedError{
-			Err:   pstderr.New(pstderr.RateLimited, "too many issuance requests; try again later"),
+			Err:   pstderr.New(pstderr.RateLimited, "too many %s; try again later", l.what()),
 			After: max(wait, time.Second),
 		}
 	}

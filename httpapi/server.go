@@ -94,6 +94,10 @@ type Config struct {
 
 	// Policy limits issuance (default AllowAll).
 	Policy Policy
+	// RedemptionPolicy, if set, limits redemptions (asked for 1 per
+	// request) before the issuer does any work: no signature, no database
+	// write for a refused one.
+	RedemptionPolicy Policy
 
 	// ReadyInterval is the period of the background readiness probe
 	// (default 2 s); ReadyTimeout bounds one probe (default 1 s).

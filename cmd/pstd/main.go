@@ -149,6 +149,46 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	if s.RateLimit > 0 {
 		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow, ClientKey: clientKey})
 	}
+	// Issuance must be earned: a ticket from the trusting site and/or the
+	// operator's webhook, after the (cheap) rate limit.
+	earned := []httpapi.Policy{policy}
+	if s.TicketKeyFile != "" {
+		key, err := wiring.ReadSecretFile(s.TicketKeyFile)
+		if err != nil {
+			return fmt.Errorf("PSTD_ISSUANCE_TICKET_KEY_FILE: %w", err)
+		}
+		if err := httpapi.CheckTicketKey(key); err != nil {
+			return fmt.Errorf("PSTD_ISSUANCE_TICKET_KEY_FILE: %w", err)
+		}
+		earned = append(earned, &httpapi.TicketPolicy{Key: key, Spent: a.Store})
+	}
+	if s.Webhook != "" {
+		var hdrs []string
+		for _, h := range strings.Split(s.WebhookHeaders, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hdrs = append(hdrs, h)
+			}
+		}
+		earned = append(earned, &httpapi.WebhookPolicy{URL: s.Webhook, Headers: hdrs, Timeout: s.WebhookTimeout})
+	}
+	if len(earned) > 1 {
+		policy = httpapi.AllOf(earned...)
+	} else if s.OpenIssuance {
+		log.Warn("PSTD_OPEN_ISSUANCE: anyone who asks gets tokens and can redeem them for records; give a ticket key or webhook unless that is what you want")
+	}
+	var redemptionPolicy httpapi.Policy
+	var redeemLimits []httpapi.Policy
+	if s.RedeemMaxRate > 0 {
+		redeemLimits = append(redeemLimits, httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RedeemMaxRate, Window: time.Second,
+			What: "redemptions", ClientKey: func(*http.Request) string { return "all" }}))
+	}
+	if s.RedeemRateLimit > 0 {
+		redeemLimits = append(redeemLimits, httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RedeemRateLimit, Window: s.RateWindow,
+			What: "redemptions", ClientKey: clientKey}))
+	}
+	if len(redeemLimits) > 0 {
+		redemptionPolicy = httpapi.AllOf(redeemLimits...)
+	}
 	var opts []httpapi.Option
 	if s.Demo {
 		refusals := demo.NewRefusals(policy, clientKey)
@@ -215,6 +255,7 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		Registerer:         reg,
 		Gatherer:           reg,
 		Policy:             policy,
+		RedemptionPolicy:   redemptionPolicy,
 		Demo:               s.Demo,
 	}, a.Service, opts...)
 	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)

@@ -60,6 +60,13 @@ type Settings struct {
 	RequestTimeout  time.Duration
 	ShutdownTimeout time.Duration
 	ShutdownDelay   time.Duration
+	TicketKeyFile   string
+	Webhook         string
+	WebhookHeaders  string
+	WebhookTimeout  time.Duration
+	OpenIssuance    bool
+	RedeemRateLimit int
+	RedeemMaxRate   int
 	TLSCert         string
 	TLSKey          string
 	AdminListen     string
@@ -131,6 +138,13 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.BoolVar(&s.Demo, "demo", false, h("serve the demo issuer and relying-party pages", "demo"))
 		fs.StringVar(&s.DemoRPListen, "demo-rp-listen", "127.0.0.1:8481", h("with --demo, listen address HOST:PORT of the demo relying party, served as http://HOST:PORT, another site than a localhost issuer; empty: none", "demo-rp-listen"))
 		fs.IntVar(&s.RateLimit, "rate-limit", 0, h("issuance requests per client address per window; 0 allows all", "rate-limit"))
+		fs.StringVar(&s.TicketKeyFile, "issuance-ticket-key-file", "", h("file holding the HMAC key (32+ bytes) of single-use issuance tickets: issuance then needs ?pst-ticket= from the trusting site", "issuance-ticket-key-file"))
+		fs.StringVar(&s.Webhook, "issuance-webhook", "", h("URL of the operator's service asked before each issuance (cookies and chosen headers, never the blinded elements); issue only on {\"issue\": true}", "issuance-webhook"))
+		fs.StringVar(&s.WebhookHeaders, "issuance-webhook-headers", "", h("comma-separated request headers passed to the issuance webhook besides Cookie", "issuance-webhook-headers"))
+		fs.DurationVar(&s.WebhookTimeout, "issuance-webhook-timeout", 500*time.Millisecond, h("how long the issuance webhook may take; slower is a refusal", "issuance-webhook-timeout"))
+		fs.BoolVar(&s.OpenIssuance, "open-issuance", false, h("issue to anyone who asks, on a non-loopback listener without a ticket key or webhook (warned about at every start)", "open-issuance"))
+		fs.IntVar(&s.RedeemRateLimit, "redeem-rate-limit", 0, h("redemptions per client address per window, refused before any signature or database write; 0: no limit", "redeem-rate-limit"))
+		fs.IntVar(&s.RedeemMaxRate, "redeem-max-rate", 0, h("redemptions per second over all clients of this replica; 0: no limit", "redeem-max-rate"))
 		fs.DurationVar(&s.RateWindow, "rate-window", httpapi.DefaultRateWindow, h("window of the per-address rate limit", "rate-window"))
 		fs.StringVar(&s.TrustedProxies, "trusted-proxies", "", h("comma-separated CIDRs of reverse proxies whose X-Forwarded-For the rate limit believes", "trusted-proxies"))
 		fs.StringVar(&s.AllowedOrigins, "allowed-origins", "*", h("comma-separated origins allowed by CORS, or *", "allowed-origins"))
@@ -186,6 +200,17 @@ func (s *Settings) ValidateServe() error {
 	}
 	if (s.TLSCert == "") != (s.TLSKey == "") {
 		errs = append(errs, errors.New("PSTD_TLS_CERT and PSTD_TLS_KEY go together"))
+	}
+	if s.RedeemRateLimit < 0 || s.RedeemMaxRate < 0 {
+		errs = append(errs, errors.New("PSTD_REDEEM_RATE_LIMIT and PSTD_REDEEM_MAX_RATE must not be negative"))
+	}
+	if s.Webhook != "" {
+		if u, err := url.Parse(s.Webhook); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("PSTD_ISSUANCE_WEBHOOK %q is not an http(s) URL", s.Webhook))
+		}
+	}
+	if host, _, err := net.SplitHostPort(s.Listen); err == nil && !isLoopback(host) && s.TicketKeyFile == "" && s.Webhook == "" && !s.OpenIssuance {
+		errs = append(errs, fmt.Errorf("PSTD_LISTEN %s is not loopback and no issuance policy is set: give PSTD_ISSUANCE_TICKET_KEY_FILE or PSTD_ISSUANCE_WEBHOOK, or PSTD_OPEN_ISSUANCE=true to issue to anyone", s.Listen))
 	}
 	if s.AdminListen != "" && s.AdminListen == s.Listen {
 		errs = append(errs, errors.New("PSTD_ADMIN_LISTEN must differ from PSTD_LISTEN"))
@@ -284,6 +309,15 @@ func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
 		}
 	}
 	return out
+}
+
+// isLoopback reports whether a listen host only accepts local connections.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // ValidateDatabase checks the database settings.
