@@ -10,4 +10,12 @@ CREATE TABLE spent_tickets (
 CREATE INDEX spent_tickets_expires_at ON spent_tickets (expires_at);
 
 -- +goose Down
-DROP TABLE spent_tickets;
+-- Migrations are forward-only: dropping the spent tickets would let every
+-- unexpired ticket be presented again.
+-- +goose StatementBegin
+DO $$
+BEGIN
+    RAISE EXCEPTION 'pstd migration 4 cannot be reverted: spent issuance tickets would become spendable again';
+END
+$$;
+-- +goose StatementEnd
