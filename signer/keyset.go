@@ -135,17 +135,24 @@ func (p publicOnly) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
 }
 
 // Run keeps the service current until ctx ends: it polls for a new key set
-// every RefreshInterval and runs the rotation policy every RotationInterval.
+// every RefreshInterval, runs the rotation policy every RotationInterval and
+// flushes closed count buckets every CountFlushInterval.
 // Errors are logged; readiness reflects them.
 func (s *Service) Run(ctx context.Context) {
 	refresh := time.NewTicker(s.cfg.RefreshInterval)
 	defer refresh.Stop()
 	rotate := time.NewTicker(s.cfg.RotationInterval)
 	defer rotate.Stop()
+	flush := time.NewTicker(s.cfg.CountFlushInterval)
+	defer flush.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-flush.C:
+			if err := s.FlushCounts(ctx, false); err != nil {
+				s.cfg.Logger.Error("flushing counts failed; they stay in memory for the next flush", "err", err, "buckets", s.counts.pending())
+			}
 		case <-rotate.C:
 			_, rerr := s.Rotate(ctx)
 			if rerr != nil {

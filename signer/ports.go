@@ -49,6 +49,17 @@ type Store interface {
 	WithRotationLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
 	WithProvisionLock(ctx context.Context, fn func(ctx context.Context) error) error
 	AppendAudit(ctx context.Context, e db.Event) (int64, error)
+	CountStore
+}
+
+// CountStore is what counting and key lifecycle events need (counts.go).
+type CountStore interface {
+	// RecordCounts appends closed count buckets as audit events with their
+	// counts rows, in one transaction.
+	RecordCounts(ctx context.Context, actor, replica string, issued []db.IssuanceCount, refused []db.RefusalCount) error
+	// RecordKeyTransitions records the key activations and expiries that
+	// happened by now and are not yet recorded.
+	RecordKeyTransitions(ctx context.Context, now time.Time, actor string) ([]db.KeyTransition, error)
 }
 
 // epochTimes is a stored epoch's policy view.

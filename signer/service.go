@@ -25,6 +25,8 @@ type Service struct {
 	custody Custody
 	metrics *metrics
 	ring    keyring
+	counts  *counter    // issuance and refusals, flushed as audit events (counts.go)
+	info    ReplicaInfo // set by Started, for the replica's stop event
 
 	mu sync.Mutex // serialises reloads
 	rr atomic.Pointer[rrState]
@@ -59,7 +61,7 @@ func New(cfg Config, store Store, custody Custody) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, store: store, custody: custody, metrics: m}, nil
+	return &Service{cfg: cfg, store: store, custody: custody, metrics: m, counts: newCounter()}, nil
 }
 
 // keyAAD binds a sealed key to its id, protocol and epoch, so a sealed blob
@@ -99,7 +101,9 @@ func (s *Service) BatchSize() int { return s.cfg.BatchSize }
 func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, int, error) {
 	req, err := voprf.ParseIssueRequest(request)
 	if err != nil {
-		return nil, 0, fromVOPRF(err)
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return nil, 0, err
 	}
 	ks := s.ring.load()
 	if ks == nil {
@@ -110,7 +114,13 @@ func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, i
 		return nil, 0, pstderr.New(pstderr.Unavailable, "no signing key")
 	}
 	resp, n, err := lk.Key.Issue(req, min(max, s.cfg.BatchSize), rand.Reader)
-	return resp, n, fromVOPRF(err)
+	if err != nil {
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return nil, 0, err
+	}
+	s.counts.issue(lk.Key.KeyID(), n, s.cfg.Clock.Now())
+	return resp, n, nil
 }
 
 // liveKeys adapts a snapshot to voprf.KeySet with expiry checked.
@@ -134,11 +144,15 @@ func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 	now := s.cfg.Clock.Now()
 	req, err := voprf.Redeem(liveKeys{ks, now}, request)
 	if err != nil {
-		return "", fromVOPRF(err)
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return "", err
 	}
 	cd, err := voprf.ParseClientData(req.ClientData)
 	if err != nil {
-		return "", fromVOPRF(err)
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return "", err
 	}
 	claims, err := NewRecordClaims(s.cfg.IssuerOrigin, cd.RedeemingOrigin, req.Token.KeyID, cd.Time(), now, s.cfg.RecordLifetime)
 	if err != nil {
@@ -168,7 +182,9 @@ func (s *Service) Redeem(ctx context.Context, request []byte) (string, error) {
 		return "", signErr
 	}
 	if err != nil {
-		return "", s.dbErr(err, "recording the redemption failed")
+		err = s.dbErr(err, "recording the redemption failed")
+		s.countRefusal(err, req.Token.KeyID) // a replay names a key the issuer holds
+		return "", err
 	}
 	return record, nil
 }
