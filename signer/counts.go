@@ -5,8 +5,8 @@ import (
 	"context"
 	"maps"
 	"os"
-	"strconv"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
