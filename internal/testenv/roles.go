@@ -13,10 +13,12 @@ import (
 // nothing else: the login role "<role>_login" is created on the test cluster
 // if absent (the cluster uses trust authentication, so it needs no
 // password). Unlike SET ROLE, a session of it cannot step back up to the
-// superuser. The database must already be migrated, so that role exists.
+// superuser. dbURL must connect as the cluster's superuser (as NewDatabase's
+// and NewCluster's URLs do), and the database must already be migrated, so
+// that role exists.
 func RoleURL(t testing.TB, dbURL, role string) string {
 	t.Helper()
-	admin := AdminDatabaseURL(t)
+	admin := WithDatabase(t, dbURL, "postgres")
 	login := role + "_login"
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, admin)
