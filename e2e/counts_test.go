@@ -56,12 +56,18 @@ func (s summaryJSON) totals() (issued, redeemed, replays int64, byOrigin map[str
 // role (a login member of it), and returns stdout.
 func (s *stack) pstctlAs(role string, args ...string) string {
 	s.t.Helper()
+	return s.pstctlEnv([]string{"PSTD_DATABASE_URL=" + testenv.RoleURL(s.t, s.dbURL, role)}, args...)
+}
+
+// pstctlEnv runs pstctl with the stack's settings plus env, and returns stdout.
+func (s *stack) pstctlEnv(env []string, args ...string) string {
+	s.t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, "pstctl"), args...)
-	cmd.Env = append(append([]string{}, s.env...), "PSTD_DATABASE_URL="+testenv.RoleURL(s.t, s.dbURL, role))
+	cmd.Env = append(append([]string{}, s.env...), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		s.t.Fatalf("pstctl %s as %s: %v\n%s", strings.Join(args, " "), role, err, errb.String())
+		s.t.Fatalf("pstctl %s (%v): %v\n%s", strings.Join(args, " "), env, err, errb.String())
 	}
 	return out.String()
 }
@@ -173,8 +179,11 @@ func TestAuditSummaryCountsAfterCleanStop(t *testing.T) {
 	if starts != 1 || stops != 1 {
 		t.Errorf("%d replica.start and %d replica.stop events, want 1 each", starts, stops)
 	}
-	// The same rows as CSV, filtered by action.
-	r := csv.NewReader(strings.NewReader(s.pstctlAs("pstd_auditor", "audit", "query", "--format", "csv", "--action", "count.issuance")))
+	// The same rows as CSV, filtered by action. PSTD_ACTOR (who an
+	// operator is) must not act as query's --actor filter.
+	auditor := "PSTD_DATABASE_URL=" + testenv.RoleURL(t, s.dbURL, "pstd_auditor")
+	r := csv.NewReader(strings.NewReader(s.pstctlEnv([]string{auditor, "PSTD_ACTOR=somebody@else"},
+		"audit", "query", "--format", "csv", "--action", "count.issuance")))
 	recs, err := r.ReadAll()
 	if err != nil {
 		t.Fatalf("audit query --format csv: %v", err)
@@ -189,6 +198,11 @@ func TestAuditSummaryCountsAfterCleanStop(t *testing.T) {
 	}
 	if tokens != 20 {
 		t.Errorf("count.issuance events carry %d tokens, want 20", tokens)
+	}
+	// --actor on the command line filters.
+	lines := strings.Split(strings.TrimSpace(s.pstctlEnv([]string{auditor}, "audit", "query", "--format", "json", "--actor", "nobody@nowhere")), "\n")
+	if len(lines) != 1 || lines[0] != "" {
+		t.Errorf("--actor nobody@nowhere printed %d rows", len(lines))
 	}
 }
 

@@ -167,9 +167,14 @@ func refusalReason(err error) (string, bool) {
 }
 
 // countRefusal counts err if it is a client's refused request. key is the
-// key the request named, if the service holds it (else 0).
+// key the request named; it is kept only for a replay (a key the issuer
+// held when the token was first redeemed), never for a key the issuer does
+// not hold, so a client cannot fill the counts with made-up key ids.
 func (s *Service) countRefusal(err error, key uint32) {
 	if reason, ok := refusalReason(err); ok {
+		if reason != db.RefusalReplay {
+			key = 0
+		}
 		s.counts.refuse(reason, key, s.cfg.Clock.Now())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -100,11 +101,11 @@ func auditQuery(name, usage, help, defaultFormat string, out io.Writer) *ffcli.C
 	var p period
 	var f db.AuditFilter
 	var format string
-	return cmd(name, usage, help, wiring.Database, func(fs *flag.FlagSet) {
+	c := cmd(name, usage, help, wiring.Database, func(fs *flag.FlagSet) {
 		p.register(fs)
 		fs.StringVar(&f.Action, "action", "", "only this action, e.g. key.retire or count.issuance")
 		fs.StringVar(&f.Subject, "subject", "", "only this subject, e.g. key:7")
-		fs.StringVar(&f.Actor, "actor", "", "only events by this actor")
+		fs.StringVar(&f.Actor, "actor", "", "only events by this actor (a filter: PSTD_ACTOR, who an operator is, does not set it)")
 		fs.Int64Var(&f.Limit, "limit", 0, "stop after this many rows (0: all)")
 		fs.StringVar(&format, "format", defaultFormat, "table, csv or json (JSON lines)")
 	}, func(ctx context.Context, s *wiring.Settings, args []string) error {
@@ -132,6 +133,36 @@ func auditQuery(name, usage, help, defaultFormat string, out io.Writer) *ffcli.C
 		}
 		return w.flush()
 	})
+	envExcept(c, "actor")
+	return c
+}
+
+// envExcept makes c read its settings from PSTD_* variables as every
+// command does, except the flags named: there a variable of the same name
+// means something else (PSTD_ACTOR is who the operator is, while audit
+// query's --actor is a filter), so only the command line sets them.
+func envExcept(c *ffcli.Command, except ...string) {
+	c.Options = nil // the environment is read below, not by ff
+	run := c.Exec
+	c.Exec = func(ctx context.Context, args []string) error {
+		provided := map[string]bool{}
+		c.FlagSet.Visit(func(f *flag.Flag) { provided[f.Name] = true })
+		var err error
+		c.FlagSet.VisitAll(func(f *flag.Flag) {
+			if err != nil || provided[f.Name] || slices.Contains(except, f.Name) {
+				return
+			}
+			if v := os.Getenv(wiring.EnvName(f.Name)); v != "" {
+				if serr := c.FlagSet.Set(f.Name, v); serr != nil {
+					err = cli.Usagef("%s: %v", wiring.EnvName(f.Name), serr)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return run(ctx, args)
+	}
 }
 
 // auditWriter writes audit rows in one format, flushing as it goes.
