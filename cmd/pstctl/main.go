@@ -236,7 +236,7 @@ func root(out io.Writer) *ffcli.Command {
 					return err
 				}
 				if len(body) == 0 {
-					return errors.New("no commitment published yet: run pstctl keys init")
+					return errors.New("no commitment published yet: run pstctl keys init --reason R")
 				}
 				if chromium {
 					wrapped, err := json.Marshal(map[string]json.RawMessage{strings.TrimSuffix(s.IssuerOrigin, "/"): body})
