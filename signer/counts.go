@@ -184,6 +184,7 @@ func (s *Service) countRefusal(err error, key uint32) {
 // counts tables. On failure the buckets stay in memory for the next flush.
 func (s *Service) FlushCounts(ctx context.Context, final bool) error {
 	iss, ref := s.counts.take(s.cfg.Clock.Now(), final)
+	defer func() { s.metrics.countsPending.Set(float64(s.counts.pending())) }()
 	if len(iss) == 0 && len(ref) == 0 {
 		return nil
 	}

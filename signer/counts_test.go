@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pstd/pstd/db"
 	"github.com/pstd/pstd/internal/pstderr"
 	"github.com/pstd/pstd/signer/voprf"
@@ -52,7 +54,25 @@ func sumIssued(st *memStore) (tokens, requests int64) {
 
 func TestCountsFlushClosedBucketsOnly(t *testing.T) {
 	clock := &fakeClock{time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)}
-	s, st, _ := newService(t, clock)
+	reg := prometheus.NewRegistry()
+	st := newMemStore()
+	s, err := New(Config{IssuerOrigin: "https://issuer.example", Clock: clock, Registerer: reg}, st, newMemCustody(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "pstd_count_buckets_pending" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("pstd_count_buckets_pending is not registered")
+		return 0
+	}
 	ctx := context.Background()
 	if _, err := s.Rotate(ctx); err != nil {
 		t.Fatal(err)
@@ -90,9 +110,15 @@ func TestCountsFlushClosedBucketsOnly(t *testing.T) {
 		t.Fatal("flush into a failing store reported success")
 	}
 	issueN(t, s, 3) // counted in the new, open bucket
+	if got := pending(); got != 3 {
+		t.Fatalf("pstd_count_buckets_pending = %v after the failed flush, want 3 (issuance, replay, malformed)", got)
+	}
 	st.countsErr = nil
 	if err := s.FlushCounts(ctx, false); err != nil {
 		t.Fatal(err)
+	}
+	if got := pending(); got != 1 {
+		t.Fatalf("pstd_count_buckets_pending = %v after the flush, want 1 (the open bucket)", got)
 	}
 	if tok, req := sumIssued(st); tok != 20 || req != 2 {
 		t.Fatalf("flushed %d tokens in %d requests, want 20 in 2", tok, req)

@@ -19,6 +19,9 @@ type metrics struct {
 	keyExpiry    prometheus.Gauge
 	rotationErrs prometheus.Counter
 	rotatedAt    prometheus.Gauge
+	// countsPending is how many count buckets wait in memory for a flush:
+	// what a crash would lose (counts.go).
+	countsPending prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,12 +50,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "pstd", Name: "rotation_last_success_timestamp_seconds",
 			Help: "When this replica last ran the rotation policy successfully (Unix time).",
 		}),
+		countsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "count_buckets_pending",
+			Help: "Issuance and refusal count buckets held in memory, not yet on the audit log (a crash loses them).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt} {
+	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt, m.countsPending} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}
