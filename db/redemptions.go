@@ -171,8 +171,11 @@ func (s *Store) DropExpiredRedemptionPartitions(ctx context.Context, actor strin
 
 // DropExpiredRedemptions drops the redemptions partition of a key that is
 // retired and past its published expiry (so none of its tokens can redeem
-// any more) and appends a redemptions.drop audit record with the row count
-// (counts only; redemptions are never audited one by one). It returns the
+// any more), first rolling its rows up into redemption_counts (per UTC day
+// and redeeming origin) in the same transaction, and appends a
+// count.redemption audit record with those counts and a redemptions.drop
+// record with the row count (counts only; redemptions are never audited one
+// by one). It returns the
 // number of rows dropped and whether there was a partition to drop. The
 // database function refuses keys that are not retired or not yet expired.
 //
@@ -194,7 +197,10 @@ func (s *Store) DropExpiredRedemptions(ctx context.Context, keyID uint32, actor 
 		if err := lockAuditChain(ctx, tx); err != nil {
 			return err
 		}
-		err := tx.QueryRow(ctx, `SELECT redemptions_drop_partition($1)`, int64(keyID)).Scan(&rows)
+		// The rollup into redemption_counts and the drop are one database
+		// function (migration 3): a partition never goes without its counts.
+		var res *rollup
+		err := tx.QueryRow(ctx, `SELECT redemptions_rollup_and_drop($1)`, int64(keyID)).Scan(&res)
 		switch sqlState(err) {
 		case "":
 		case "P0002": // no_data_found
@@ -204,14 +210,23 @@ func (s *Store) DropExpiredRedemptions(ctx context.Context, keyID uint32, actor 
 		default:
 			return wrap("dropping expired redemptions", err)
 		}
-		if rows == nil {
+		if res == nil {
 			return nil // already dropped
 		}
-		_, err = s.appendAudit(ctx, tx, Event{
+		rows = &res.Rows
+		if _, err := s.appendAudit(ctx, tx, Event{
+			Actor:   actor,
+			Action:  ActionCountRedemption,
+			Subject: keySubject(keyID),
+			Details: map[string]any{"key_id": keyID, "counts": res.Counts},
+		}); err != nil {
+			return err
+		}
+		_, err = s.AppendAudit(ctx, Event{
 			Actor:   actor,
 			Action:  ActionRedemptionsDrop,
 			Subject: keySubject(keyID),
-			Details: map[string]any{"rows": *rows, "partition": "redemptions_k" + strconv.FormatUint(uint64(keyID), 10)},
+			Details: map[string]any{"rows": res.Rows, "partition": "redemptions_k" + strconv.FormatUint(uint64(keyID), 10)},
 		})
 		return err
 	})
@@ -219,4 +234,10 @@ func (s *Store) DropExpiredRedemptions(ctx context.Context, keyID uint32, actor 
 		return 0, false, err
 	}
 	return *rows, true, nil
+}
+
+// rollup is what redemptions_rollup_and_drop returns.
+type rollup struct {
+	Rows   int64            `json:"rows"`
+	Counts []map[string]any `json:"counts"`
 }

@@ -578,4 +578,12 @@ func TestRetireKey(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "only key that can sign") {
 		t.Fatalf("retiring the last signing key: %v\n%s", err, out)
 	}
+	// The refusal is on the audit log, with who asked and why.
+	if n := s.count(`SELECT count(*) FROM audit_log WHERE action = 'operator.refused' AND subject = 'key:2'
+		AND actor = 'e2e@test' AND details->>'reason' = 'e2e test' AND details->>'command' = 'keys retire'`); n != 1 {
+		t.Fatalf("%d operator.refused entries for retiring key 2, want 1", n)
+	}
+	if n := s.count(`SELECT count(*) FROM audit_log WHERE action = 'operator.command' AND subject = 'key:1' AND actor = 'e2e@test'`); n != 1 {
+		t.Fatalf("%d operator.command entries for retiring key 1, want 1", n)
+	}
 }

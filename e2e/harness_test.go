@@ -49,15 +49,19 @@ func TestMain(m *testing.M) {
 
 // stack is a real pstd on real PostgreSQL and SoftHSM.
 type stack struct {
-	t       *testing.T
-	env     []string
-	dbURL   string
-	origin  string
-	listen  string
-	rp      string // the demo relying party's origin: another site
-	cmd     *exec.Cmd
-	logs    *syncBuffer
-	stopped chan struct{}
+	t     *testing.T
+	env   []string
+	dbURL string // the cluster's superuser, who owns the schema
+	// serviceURL connects as a login member of pstd_service (set once the
+	// database is migrated): pstd serve runs with the privileges the
+	// migrations give the service, and no more.
+	serviceURL string
+	origin     string
+	listen     string
+	rp         string // the demo relying party's origin: another site
+	cmd        *exec.Cmd
+	logs       *syncBuffer
+	stopped    chan struct{}
 }
 
 type syncBuffer struct {
@@ -137,9 +141,12 @@ func prepareStack(t *testing.T, dbURL string, tok testenv.Token) *stack {
 			fmt.Sprintf("PSTD_ISSUER_ORIGIN=http://localhost:%d", port),
 			fmt.Sprintf("PSTD_LISTEN=127.0.0.1:%d", port),
 			fmt.Sprintf("PSTD_DEMO_RP_LISTEN=127.0.0.1:%d", rpPort),
+			"PSTD_ACTOR=e2e@test",
+			"PSTD_REASON=e2e test",
 		),
 	}
 	s.pstctl("migrate")
+	s.serviceURL = testenv.RoleURL(t, dbURL, "pstd_service")
 	s.pstctl("keys", "init")
 	return s
 }
@@ -170,6 +177,10 @@ func (s *stack) launch() {
 	s.logs = &syncBuffer{}
 	s.cmd = exec.Command(filepath.Join(binDir, "pstd"), "serve", "--demo")
 	s.cmd.Env = s.env
+	if s.serviceURL != "" {
+		// The last of duplicate variables wins.
+		s.cmd.Env = append(append([]string{}, s.env...), "PSTD_DATABASE_URL="+s.serviceURL)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)

@@ -182,6 +182,11 @@ func TestExitCodes(t *testing.T) {
 		{"pstctl", []string{"keys", "retrie", "1"}, 2, `did you mean "retire"`},
 		{"pstctl", []string{"keys", "list", "-h"}, 0, "database-url"},
 		{"pstctl", []string{"keys", "list", "--database-url", "postgres://nobody@127.0.0.1:1/none?connect_timeout=2"}, 1, ""},
+		// A key change without a reason is refused before anything opens.
+		{"pstctl", []string{"keys", "rotate", "--database-url", "postgres://nobody@127.0.0.1:1/none"}, 2, "--reason"},
+		{"pstctl", []string{"keys", "retire", "--reason", "   ", "1"}, 2, "--reason"},
+		{"pstctl", []string{"audit", "query", "--format", "xml"}, 2, "--format"},
+		{"pstctl", []string{"audit", "summary", "--from", "yesterday"}, 2, "--from"},
 	} {
 		code, out := run(c.bin, bare, c.args...)
 		if code != c.code || !strings.Contains(out, c.want) {

@@ -36,6 +36,9 @@ func TestReplicasStartTogetherOnFreshToken(t *testing.T) {
 		"PSTD_ISSUER_ORIGIN=https://issuer.example",
 	)}
 	base.pstctl("migrate")
+	// The replicas run as the service role: provisioning the KEK and the
+	// first key must work with its privileges.
+	base.env = append(base.env, "PSTD_DATABASE_URL="+testenv.RoleURL(t, dbURL, "pstd_service"))
 
 	const replicas = 4
 	stacks := make([]*stack, replicas)

@@ -381,7 +381,7 @@ func (s *Service) Fence(ctx context.Context, actor, reason string) (uint32, []ui
 	digest, _ := anchor.Digest()
 	var newKey uint32
 	var retired []uint32
-	err = s.operatorLocked(ctx, func(ctx context.Context) error {
+	err = s.operatorLocked(ctx, fmt.Sprintf("checkpoint:%d", ac.N), func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")

@@ -42,6 +42,12 @@ type Config struct {
 	RegistrationExpiry time.Time
 	Logger             *slog.Logger
 	Actor              string // who the audit log names for automatic changes
+	// Replica names this process in its count rows and start/stop events
+	// (default host name and process id).
+	Replica string
+	// CountFlushInterval is how often closed count buckets are flushed
+	// (default DefaultCountFlushInterval; at most a minute).
+	CountFlushInterval time.Duration
 	// Registerer, if set, receives the service's metrics (HSM and
 	// database errors, the signing key, rotation outcomes).
 	Registerer prometheus.Registerer
@@ -83,6 +89,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Actor == "" {
 		c.Actor = DefaultActor
+	}
+	if c.Replica == "" {
+		c.Replica = defaultReplica()
+	}
+	if c.CountFlushInterval == 0 {
+		c.CountFlushInterval = DefaultCountFlushInterval
+	}
+	if c.CountFlushInterval < 0 || c.CountFlushInterval > time.Minute {
+		return fmt.Errorf("count flush interval %v outside (0, 1m]", c.CountFlushInterval)
 	}
 	return nil
 }

@@ -40,7 +40,7 @@ func (s *Service) ImportKey(ctx context.Context, blob []byte, t KeyTimes, actor 
 		return 0, fromVOPRF(err)
 	}
 	defer sk.Wipe()
-	err = s.operatorLocked(ctx, func(ctx context.Context) error {
+	err = s.operatorLocked(ctx, keySubject(sk.KeyID()), func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -114,6 +114,15 @@ func (s *Service) Rotate(ctx context.Context) (bool, error) {
 	}
 	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
 		now := s.cfg.Clock.Now()
+		// Activations and expiries first: an expired key is recorded as
+		// expired before the plan below retires it.
+		ts, err := s.store.RecordKeyTransitions(ctx, now, s.cfg.Actor)
+		if err != nil {
+			return s.dbErr(err, "recording key transitions failed")
+		}
+		for _, t := range ts {
+			s.cfg.Logger.Info("key transition", "key_id", t.KeyID, "transition", t.Transition, "at", t.At)
+		}
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -139,8 +148,12 @@ func (s *Service) Rotate(ctx context.Context) (bool, error) {
 		if err := s.ensureRRKey(ctx); err != nil {
 			return err
 		}
-		return s.publish(ctx)
+		if err := s.publish(ctx); err != nil {
+			return err
+		}
+		return s.auditOperator(ctx, "keys")
 	})
+	err = s.auditRefusal(ctx, "keys", err)
 	if ok && err == nil {
 		if _, derr := s.store.DropExpiredRedemptionPartitions(ctx, s.cfg.Actor); derr != nil {
 			s.cfg.Logger.Warn("dropping expired redemption partitions failed", "err", derr)
@@ -154,13 +167,20 @@ func (s *Service) Rotate(ctx context.Context) (bool, error) {
 var errRotating = errors.New("another replica is rotating; try again")
 
 // operatorLocked runs an operator's key change under the rotation lock, or
-// fails with errRotating if another replica holds it.
-func (s *Service) operatorLocked(ctx context.Context, fn func(context.Context) error) error {
-	ok, err := s.store.WithRotationLock(ctx, fn)
+// fails with errRotating if another replica holds it. If ctx carries an
+// Operator (WithOperator), the change's transaction also records an
+// operator.command event, and a refusal an operator.refused event.
+func (s *Service) operatorLocked(ctx context.Context, subject string, fn func(context.Context) error) error {
+	ok, err := s.store.WithRotationLock(ctx, func(ctx context.Context) error {
+		if err := fn(ctx); err != nil {
+			return err
+		}
+		return s.auditOperator(ctx, subject)
+	})
 	if err == nil && !ok {
 		return errRotating
 	}
-	return err
+	return s.auditRefusal(ctx, subject, err)
 }
 
 // RetireKey takes a VOPRF key out of service now, before its expiry (pstctl
@@ -169,7 +189,7 @@ func (s *Service) operatorLocked(ctx context.Context, fn func(context.Context) e
 // refresh. It refuses to retire the only key that can sign; create a
 // successor first (ForceRotate).
 func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) error {
-	err := s.operatorLocked(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, keySubject(keyID), func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -202,7 +222,7 @@ func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) err
 // ForceRotate creates a key that signs from now (pstctl keys rotate).
 func (s *Service) ForceRotate(ctx context.Context, force bool, actor string) (uint32, error) {
 	var id uint32
-	err := s.operatorLocked(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, "keys", func(ctx context.Context) error {
 		epochs, err := s.store.KeyEpochs(ctx)
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
@@ -281,7 +301,7 @@ func (s *Service) ensureRRKey(ctx context.Context) error {
 // and in its transaction, so the new key and the retirements land together.
 func (s *Service) RotateRRKey(ctx context.Context, actor string) (string, error) {
 	var id string
-	err := s.operatorLocked(ctx, func(ctx context.Context) error {
+	err := s.operatorLocked(ctx, "rr_keys", func(ctx context.Context) error {
 		var err error
 		id, err = s.rotateRRKey(ctx, actor)
 		return err
@@ -371,3 +391,5 @@ func (s *Service) EnsureKEK(ctx context.Context, tokenLabel string) error {
 		return nil
 	})
 }
+
+func keySubject(id uint32) string { return "key:" + strconv.FormatUint(uint64(id), 10) }

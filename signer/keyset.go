@@ -218,7 +218,8 @@ func (p publicOnly) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
 }
 
 // Run keeps the service current until ctx ends: it polls for a new key set
-// every RefreshInterval and runs the rotation policy every RotationInterval.
+// every RefreshInterval, runs the rotation policy every RotationInterval and
+// flushes closed count buckets every CountFlushInterval.
 // Errors are logged; readiness reflects them.
 func (s *Service) Run(ctx context.Context) {
 	refresh := time.NewTicker(s.cfg.RefreshInterval)
@@ -227,6 +228,8 @@ func (s *Service) Run(ctx context.Context) {
 	defer rotate.Stop()
 	checkpoint := time.NewTicker(s.cfg.CheckpointInterval)
 	defer checkpoint.Stop()
+	flush := time.NewTicker(s.cfg.CountFlushInterval)
+	defer flush.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -237,6 +240,10 @@ func (s *Service) Run(ctx context.Context) {
 			}
 			if _, err := s.Checkpoint(ctx, false); err != nil && ctx.Err() == nil {
 				s.cfg.Logger.Error("writing the audit checkpoint failed", "err", err)
+			}
+		case <-flush.C:
+			if err := s.FlushCounts(ctx, false); err != nil {
+				s.cfg.Logger.Error("flushing counts failed; they stay in memory for the next flush", "err", err, "buckets", s.counts.pending())
 			}
 		case <-rotate.C:
 			_, rerr := s.Rotate(ctx)

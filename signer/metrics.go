@@ -28,6 +28,9 @@ type metrics struct {
 	registrationExpiry prometheus.Gauge
 	issuedByKey        *prometheus.CounterVec
 	redeemedByKey      *prometheus.CounterVec
+	// countsPending is how many count buckets wait in memory for a flush:
+	// what a crash would lose (counts.go).
+	countsPending prometheus.Gauge
 }
 
 // keyLabel bounds the key_id label to the keys loaded (at most a handful
@@ -91,13 +94,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "pstd", Name: "integrity_violations_total",
 			Help: "Stored keys, record keys or commitments that failed a check against the HSM: alert on any.",
 		}),
+		countsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "pstd", Name: "count_buckets_pending",
+			Help: "Issuance and refusal count buckets held in memory, not yet on the audit log (a crash loses them).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	var errs []error
 	for _, c := range []prometheus.Collector{m.hsmErrors, m.dbErrors, m.keyEpoch, m.keyExpiry, m.rotationErrs, m.rotatedAt, m.integrityViolations,
-		m.nextRotation, m.successor, m.registrationExpiry, m.issuedByKey, m.redeemedByKey} {
+		m.nextRotation, m.successor, m.registrationExpiry, m.issuedByKey, m.redeemedByKey, m.countsPending} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

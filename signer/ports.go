@@ -74,6 +74,17 @@ type Store interface {
 	InsertCheckpoint(ctx context.Context, c auditlog.Signed) error
 	WithCheckpointLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error)
 	WithCheckpointLockWait(ctx context.Context, fn func(ctx context.Context) error) error
+	CountStore
+}
+
+// CountStore is what counting and key lifecycle events need (counts.go).
+type CountStore interface {
+	// RecordCounts appends closed count buckets as audit events with their
+	// counts rows, in one transaction.
+	RecordCounts(ctx context.Context, actor, replica string, issued []db.IssuanceCount, refused []db.RefusalCount) error
+	// RecordKeyTransitions records the key activations and expiries that
+	// happened by now and are not yet recorded.
+	RecordKeyTransitions(ctx context.Context, now time.Time, actor string) ([]db.KeyTransition, error)
 }
 
 // epochTimes is a stored epoch's policy view.

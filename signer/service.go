@@ -27,6 +27,8 @@ type Service struct {
 	custody Custody
 	metrics *metrics
 	ring    keyring
+	counts  *counter    // issuance and refusals, flushed as audit events (counts.go)
+	info    ReplicaInfo // set by Started, for the replica's stop event
 
 	mu sync.Mutex // serialises reloads
 	rr atomic.Pointer[rrState]
@@ -67,7 +69,7 @@ func New(cfg Config, store Store, custody Custody) (*Service, error) {
 	if !cfg.RegistrationExpiry.IsZero() {
 		m.registrationExpiry.Set(float64(cfg.RegistrationExpiry.Unix()))
 	}
-	return &Service{cfg: cfg, store: store, custody: custody, metrics: m}, nil
+	return &Service{cfg: cfg, store: store, custody: custody, metrics: m, counts: newCounter()}, nil
 }
 
 // keyAAD binds a sealed key to its id, protocol and both of its times, so
@@ -123,7 +125,9 @@ func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, i
 	}
 	req, err := voprf.ParseIssueRequest(request)
 	if err != nil {
-		return nil, 0, fromVOPRF(err)
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return nil, 0, err
 	}
 	ks := s.ring.load()
 	if ks == nil {
@@ -134,10 +138,14 @@ func (s *Service) Issue(ctx context.Context, request []byte, max int) ([]byte, i
 		return nil, 0, pstderr.New(pstderr.Unavailable, "no signing key")
 	}
 	resp, n, err := lk.Key.Issue(req, min(max, s.cfg.BatchSize), rand.Reader)
-	if err == nil {
-		s.metrics.issuedByKey.WithLabelValues(keyLabel(ks, lk.Key.KeyID())).Add(float64(n))
+	if err != nil {
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return nil, 0, err
 	}
-	return resp, n, fromVOPRF(err)
+	s.counts.issue(lk.Key.KeyID(), n, s.cfg.Clock.Now())
+	s.metrics.issuedByKey.WithLabelValues(keyLabel(ks, lk.Key.KeyID())).Add(float64(n))
+	return resp, n, nil
 }
 
 // liveKeys adapts a snapshot to voprf.KeySet with expiry checked.
@@ -199,27 +207,33 @@ func (s *Service) redeem(ctx context.Context, request []byte) (string, error) {
 	// client data, the redeeming origin (canonical, and on the allow-list)
 	// and the redemption time; only then the token's verification (a
 	// scalar multiplication), the database row and the HSM signature.
+	refuse := func(err error) (string, error) {
+		s.countRefusal(err, 0)
+		return "", err
+	}
 	parsed, err := voprf.ParseRedeemRequest(request)
 	if err != nil {
-		return "", fromVOPRF(err)
+		return refuse(fromVOPRF(err))
 	}
 	cd, err := voprf.ParseClientData(parsed.ClientData)
 	if err != nil {
-		return "", fromVOPRF(err)
+		return refuse(fromVOPRF(err))
 	}
 	origin, err := rp.CanonicalOrigin(cd.RedeemingOrigin)
 	if err != nil {
-		return "", pstderr.New(pstderr.Malformed, "redeeming-origin is not an origin: %v", err)
+		return refuse(pstderr.New(pstderr.Malformed, "redeeming-origin is not an origin: %v", err))
 	}
 	if !s.cfg.Redeemers.Allows(origin) {
-		return "", pstderr.New(pstderr.Denied, "redeeming origin %s is not allowed to redeem", origin)
+		return refuse(pstderr.New(pstderr.Denied, "redeeming origin %s is not allowed to redeem", origin))
 	}
 	if d := cd.Time().Sub(now); d > maxClockSkew || d < -maxClockSkew {
-		return "", pstderr.New(pstderr.Malformed, "redemption-timestamp is more than a day from now")
+		return refuse(pstderr.New(pstderr.Malformed, "redemption-timestamp is more than a day from now"))
 	}
 	req, err := voprf.Redeem(liveKeys{ks, now}, request)
 	if err != nil {
-		return "", fromVOPRF(err)
+		err = fromVOPRF(err)
+		s.countRefusal(err, 0)
+		return "", err
 	}
 	claims, err := NewRecordClaims(s.cfg.IssuerOrigin, origin, req.Token.KeyID, cd.Time(), now, s.cfg.RecordLifetime)
 	if err != nil {
@@ -249,7 +263,9 @@ func (s *Service) redeem(ctx context.Context, request []byte) (string, error) {
 		return "", signErr
 	}
 	if err != nil {
-		return "", s.dbErr(err, "recording the redemption failed")
+		err = s.dbErr(err, "recording the redemption failed")
+		s.countRefusal(err, req.Token.KeyID) // a replay names a key the issuer holds
+		return "", err
 	}
 	return record, nil
 }

@@ -155,6 +155,13 @@ type memStore struct {
 	hwm         int64
 	lock        sync.Mutex
 	cpLock      sync.Mutex
+	countsErr   error // RecordCounts fails with this
+	issued      []db.IssuanceCount
+	refused     []db.RefusalCount
+	transitions map[struct {
+		id uint32
+		tr string
+	}]bool
 }
 
 func newMemStore() *memStore {
@@ -414,6 +421,44 @@ func (m *memStore) WithCheckpointLockWait(ctx context.Context, fn func(context.C
 	m.cpLock.Lock()
 	defer m.cpLock.Unlock()
 	return fn(ctx)
+}
+func (m *memStore) RecordCounts(_ context.Context, actor, _ string, iss []db.IssuanceCount, ref []db.RefusalCount) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.countsErr != nil {
+		return m.countsErr
+	}
+	m.issued = append(m.issued, iss...)
+	m.refused = append(m.refused, ref...)
+	for range len(iss) + len(ref) {
+		m.audit = append(m.audit, db.Event{Actor: actor, Action: "count.bucket"})
+	}
+	return nil
+}
+func (m *memStore) RecordKeyTransitions(_ context.Context, now time.Time, actor string) ([]db.KeyTransition, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.transitions == nil {
+		m.transitions = map[struct {
+			id uint32
+			tr string
+		}]bool{}
+	}
+	var out []db.KeyTransition
+	for id, e := range m.epochs {
+		for _, t := range []db.KeyTransition{{KeyID: id, Transition: "activate", At: e.NotBefore}, {KeyID: id, Transition: "expire", At: e.Expiry}} {
+			k := struct {
+				id uint32
+				tr string
+			}{id, t.Transition}
+			if !t.At.After(now) && !m.transitions[k] {
+				m.transitions[k] = true
+				out = append(out, t)
+				m.audit = append(m.audit, db.Event{Actor: actor, Action: "key." + t.Transition})
+			}
+		}
+	}
+	return out, nil
 }
 func (m *memStore) WithRotationLock(ctx context.Context, fn func(context.Context) error) (bool, error) {
 	if !m.lock.TryLock() {

@@ -68,7 +68,7 @@ func verifyReport(out io.Writer, r auditlog.Result, anchors []string, err error)
 // evidenceCommands are the audit commands that prove the log: verify, head,
 // export, keys and rotate-key.
 func evidenceCommands(out io.Writer) []*ffcli.Command {
-	var since, bundle, trustRoot, exportOut, reason string
+	var since, bundle, trustRoot, exportOut string
 	verify := cmd("verify", "audit verify [--since HEADFILE] | audit verify --bundle FILE [--trust-root FP] [--since HEADFILE]",
 		"check the chain, every signature and checkpoint, and that the log reaches the HSM's anchor (and a kept head)", wiring.Database|wiring.HSM,
 		func(fs *flag.FlagSet) {
@@ -261,15 +261,14 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 			return enc.Encode(ks)
 		})
 
-	rotate := cmd("rotate-key", "audit rotate-key --reason TEXT", "make a new audit signing key, introduced by the current one", keyAdmin,
-		func(fs *flag.FlagSet) {
-			fs.StringVar(&reason, "reason", "", "why (recorded on the audit log; required)")
-		}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
-			if reason == "" {
-				return cli.Usagef("--reason is required")
+	rotate := cmd("rotate-key", "audit rotate-key --reason TEXT", "make a new audit signing key, introduced by the current one", keyAdmin, nil,
+		func(ctx context.Context, s *wiring.Settings, _ []string) error {
+			ctx, err := operatorContext(ctx, s, "audit rotate-key")
+			if err != nil {
+				return err
 			}
 			return withApp(ctx, s, func(a *wiring.App) error {
-				id, err := a.Service.RotateAuditKey(ctx, actor(), reason)
+				id, err := a.Service.RotateAuditKey(ctx, s.Actor, s.Reason)
 				if err != nil {
 					return err
 				}
@@ -282,16 +281,14 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 
 // fenceCommand is `pstctl keys fence`.
 func fenceCommand(out io.Writer) *ffcli.Command {
-	var reason string
-	return cmd("fence", "keys fence --reason TEXT", "after a restore the HSM's audit head says was lossy: retire every key live at that head and start a new one", keyAdmin,
-		func(fs *flag.FlagSet) {
-			fs.StringVar(&reason, "reason", "", "why (recorded on the audit log; required)")
-		}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
-			if reason == "" {
-				return cli.Usagef("--reason is required")
+	return cmd("fence", "keys fence --reason TEXT", "after a restore the HSM's audit head says was lossy: retire every key live at that head and start a new one", keyAdmin, nil,
+		func(ctx context.Context, s *wiring.Settings, _ []string) error {
+			ctx, err := operatorContext(ctx, s, "keys fence")
+			if err != nil {
+				return err
 			}
 			return withApp(ctx, s, func(a *wiring.App) error {
-				newKey, retired, err := a.Service.Fence(ctx, actor(), reason)
+				newKey, retired, err := a.Service.Fence(ctx, s.Actor, s.Reason)
 				if err != nil {
 					return err
 				}

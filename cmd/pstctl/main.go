@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"os/user"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -39,16 +38,9 @@ func main() {
 var opts = []ff.Option{ff.WithEnvVarPrefix("PSTD")}
 
 // keyAdmin are the settings of the commands that change keys: they open the
-// database and the HSM and run the issuer service's key administration.
-const keyAdmin = wiring.Database | wiring.HSM | wiring.Origin | wiring.Issuer
-
-// actor names the operator in the audit log.
-func actor() string {
-	if u, err := user.Current(); err == nil {
-		return "pstctl:" + u.Username
-	}
-	return "pstctl"
-}
+// database and the HSM and run the issuer service's key administration, as
+// the operator --actor names, for the --reason given (audit.go).
+const keyAdmin = wiring.Database | wiring.HSM | wiring.Origin | wiring.Issuer | wiring.Operator
 
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -89,7 +81,6 @@ func root(out io.Writer) *ffcli.Command {
 	var importFile, notBefore string
 	var importDays int
 	var chromium bool
-	var auditLimit int
 	var rrIssuer, rrJWKS string
 
 	keys := &ffcli.Command{Name: "keys", ShortUsage: "pstctl keys list|plan|init|rotate|retire|import|rotate-rr|fence", ShortHelp: "manage VOPRF and record keys",
@@ -150,7 +141,11 @@ func root(out io.Writer) *ffcli.Command {
 				}
 				return tw.Flush()
 			}),
-			cmd("init", "keys init", "provision the first key, record key and commitment (idempotent)", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+			cmd("init", "keys init --reason R", "provision the first key, record key and commitment (idempotent)", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				ctx, err := operatorContext(ctx, s, "keys init")
+				if err != nil {
+					return err
+				}
 				return withApp(ctx, s, func(a *wiring.App) error {
 					ok, err := a.Service.Rotate(ctx)
 					if err != nil {
@@ -163,11 +158,15 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("rotate", "keys rotate [--force]", "introduce a key that signs from now", keyAdmin, func(fs *flag.FlagSet) {
+			cmd("rotate", "keys rotate [--force] --reason R", "introduce a key that signs from now", keyAdmin, func(fs *flag.FlagSet) {
 				fs.BoolVar(&force, "force", false, "rotate even if the current key signed for less than 60 days")
 			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				ctx, err := operatorContext(ctx, s, "keys rotate")
+				if err != nil {
+					return err
+				}
 				return withApp(ctx, s, func(a *wiring.App) error {
-					id, err := a.Service.ForceRotate(ctx, force, actor())
+					id, err := a.Service.ForceRotate(ctx, force, s.Actor)
 					if err != nil {
 						return err
 					}
@@ -175,27 +174,35 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("retire", "keys retire KEY_ID", "take a key out of service now, before its expiry (suspected compromise); its tokens stop redeeming", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, args []string) error {
+			cmd("retire", "keys retire --reason R KEY_ID", "take a key out of service now, before its expiry (suspected compromise); its tokens stop redeeming", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, args []string) error {
 				if len(args) != 1 {
-					return errors.New("usage: pstctl keys retire KEY_ID")
+					return cli.Usagef("usage: pstctl keys retire --reason R KEY_ID")
 				}
 				id, err := strconv.ParseUint(args[0], 10, 32)
 				if err != nil || id == 0 {
-					return fmt.Errorf("%q is not a key id", args[0])
+					return cli.Usagef("%q is not a key id", args[0])
+				}
+				ctx, err = operatorContext(ctx, s, "keys retire")
+				if err != nil {
+					return err
 				}
 				return withApp(ctx, s, func(a *wiring.App) error {
-					if err := a.Service.RetireKey(ctx, uint32(id), actor()); err != nil {
+					if err := a.Service.RetireKey(ctx, uint32(id), s.Actor); err != nil {
 						return err
 					}
 					fmt.Fprintf(out, "key %d retired; replicas stop redeeming its tokens within seconds, and browsers drop it with the next commitment they fetch\n", id)
 					return nil
 				})
 			}),
-			cmd("import", "keys import --file BLOB", "import a BoringSSL private key blob (u32 key id || k), base64 or raw", keyAdmin, func(fs *flag.FlagSet) {
+			cmd("import", "keys import --file BLOB --reason R", "import a BoringSSL private key blob (u32 key id || k), base64 or raw", keyAdmin, func(fs *flag.FlagSet) {
 				fs.StringVar(&importFile, "file", "", "file with the private key blob (base64 or 52 raw bytes); - for stdin")
 				fs.StringVar(&notBefore, "not-before", "", "RFC 3339 time the key starts signing (default now)")
 				fs.IntVar(&importDays, "days", 120, "days until the key expires")
 			}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				opCtx, err := operatorContext(ctx, s, "keys import")
+				if err != nil {
+					return err
+				}
 				blob, err := readBlob(importFile)
 				if err != nil {
 					return err
@@ -208,7 +215,7 @@ func root(out io.Writer) *ffcli.Command {
 					}
 				}
 				return withApp(ctx, s, func(a *wiring.App) error {
-					id, err := a.Service.ImportKey(ctx, blob, signer.KeyTimes{NotBefore: nb, Expiry: nb.AddDate(0, 0, importDays)}, actor())
+					id, err := a.Service.ImportKey(opCtx, blob, signer.KeyTimes{NotBefore: nb, Expiry: nb.AddDate(0, 0, importDays)}, s.Actor)
 					if err != nil {
 						return err
 					}
@@ -219,9 +226,13 @@ func root(out io.Writer) *ffcli.Command {
 					return nil
 				})
 			}),
-			cmd("rotate-rr", "keys rotate-rr", "create a new redemption-record key in the HSM", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+			cmd("rotate-rr", "keys rotate-rr --reason R", "create a new redemption-record key in the HSM", keyAdmin, nil, func(ctx context.Context, s *wiring.Settings, _ []string) error {
+				ctx, err := operatorContext(ctx, s, "keys rotate-rr")
+				if err != nil {
+					return err
+				}
 				return withApp(ctx, s, func(a *wiring.App) error {
-					id, err := a.Service.RotateRRKey(ctx, actor())
+					id, err := a.Service.RotateRRKey(ctx, s.Actor)
 					if err != nil {
 						return err
 					}
@@ -262,7 +273,7 @@ func root(out io.Writer) *ffcli.Command {
 					return err
 				}
 				if len(body) == 0 {
-					return errors.New("no commitment published yet: run pstctl keys init")
+					return errors.New("no commitment published yet: run pstctl keys init --reason R")
 				}
 				if chromium {
 					wrapped, err := json.Marshal(map[string]json.RawMessage{strings.TrimSuffix(s.IssuerOrigin, "/"): body})
@@ -274,28 +285,12 @@ func root(out io.Writer) *ffcli.Command {
 				_, err = fmt.Fprintln(out, string(body))
 				return err
 			}),
-			{Name: "audit", ShortUsage: "pstctl audit list|verify|head|export|keys|rotate-key", ShortHelp: "read, prove and export the audit log",
+			{Name: "audit", ShortUsage: "pstctl audit list|query|summary|verify|head|export|keys|rotate-key", ShortHelp: "read, summarise, prove and export the audit log",
 				Subcommands: append([]*ffcli.Command{
-					cmd("list", "audit list [--limit N]", "print audit entries as JSON lines", wiring.Database, func(fs *flag.FlagSet) {
-						fs.IntVar(&auditLimit, "limit", 1000, "entries to print")
-					}, func(ctx context.Context, s *wiring.Settings, _ []string) error {
-						store, err := wiring.OpenStore(ctx, s, quietLogger())
-						if err != nil {
-							return err
-						}
-						defer store.Close()
-						es, err := store.ListAudit(ctx, 0, auditLimit)
-						if err != nil {
-							return err
-						}
-						enc := json.NewEncoder(out)
-						for _, e := range es {
-							if err := enc.Encode(e); err != nil {
-								return err
-							}
-						}
-						return nil
-					}),
+					auditQuery("list", "audit list [--from T] [--to T] [--limit N]", "print audit entries as JSON lines (pstctl audit query --format json)", "json", out),
+					auditQuery("query", "audit query [--from T] [--to T] [--action A] [--subject S] [--actor X] [--limit N] [--format table|csv|json]",
+						"stream the audit entries that match, oldest first (json: one object per line)", "table", out),
+					auditSummary(out),
 				}, evidenceCommands(out)...)},
 			{Name: "rr", ShortUsage: "pstctl rr verify --issuer ORIGIN RECORD|-", ShortHelp: "verify redemption records",
 				Subcommands: []*ffcli.Command{

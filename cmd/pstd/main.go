@@ -34,6 +34,7 @@ import (
 	"github.com/pstd/pstd/internal/cli"
 	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
+	"github.com/pstd/pstd/signer"
 )
 
 func main() {
@@ -110,6 +111,8 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		log.Warn(w)
 	}
 
+	// Before Open, which clears the PIN from the settings.
+	digest := s.Digest()
 	reg := prometheus.NewRegistry()
 	build := version.Get()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build.Collector())
@@ -131,6 +134,10 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	}
 	if err := a.Service.Reload(ctx); err != nil {
 		log.Error("loading keys failed; not ready until they load", "err", err)
+	}
+	if err := a.Service.Started(ctx, signer.ReplicaInfo{Version: build.Version, Revision: build.Revision,
+		GoVersion: build.GoVersion, SettingsDigest: digest}); err != nil {
+		log.Error("recording the replica's start on the audit log failed", "err", err)
 	}
 	svcCtx, cancelSvc := context.WithCancel(ctx)
 	var svcRun sync.WaitGroup
@@ -261,13 +268,19 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)
 	err = srv.Run(ctx, s.Listen, s.AdminListen)
 	cancelSvc()
+	// Requests have drained and the service loop is stopping: flush every
+	// count bucket, the open ones too, and record the clean stop; then a
+	// signed checkpoint covers all of it. ctx is already cancelled by the
+	// signal, hence a context of its own.
 	svcRun.Wait()
-	// A clean stop leaves everything it recorded under a signed checkpoint.
-	cpCtx, cancelCP := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	if _, cerr := a.Service.Checkpoint(cpCtx, false); cerr != nil {
+	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	if serr := a.Service.Stopped(stopCtx); serr != nil {
+		log.Error("flushing counts and recording the stop failed; the counts since the last flush are lost", "err", serr)
+	}
+	if _, cerr := a.Service.Checkpoint(stopCtx, false); cerr != nil {
 		log.Warn("the audit checkpoint at shutdown failed", "err", cerr)
 	}
-	cancelCP()
+	cancelStop()
 	log.Info("stopped; wiping keys and closing the HSM and database")
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, context.Canceled) {
 		return nil

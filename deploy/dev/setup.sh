@@ -78,7 +78,7 @@ provision() {
 		. "$envfile"
 		set +a
 		bin/pstctl migrate
-		bin/pstctl keys init
+		bin/pstctl keys init --reason "make setup: development stack"
 	)
 }
 

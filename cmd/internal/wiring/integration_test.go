@@ -45,20 +45,29 @@ func newEnv(t *testing.T) env {
 	return env{url: testenv.NewDatabase(t), tok: testenv.NewToken(t)}
 }
 
-// service opens its own pool and HSM session, as a replica would.
+// service opens its own pool and HSM session, as a replica would, and
+// connects as the pstd_service role, as a deployment should: the
+// migrations (run as the schema owner, if migrate is set) must give the
+// service every privilege it uses.
 func (e env) service(t *testing.T, c signer.Clock, migrate bool) (*signer.Service, *db.Store) {
 	t.Helper()
 	ctx := context.Background()
-	store, err := db.Open(ctx, e.url)
+	if migrate {
+		owner, err := db.Open(ctx, e.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = owner.Migrate(ctx)
+		owner.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	store, err := db.Open(ctx, testenv.RoleURL(t, e.url, "pstd_service"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(store.Close)
-	if migrate {
-		if err := store.Migrate(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
 	h, err := hsm.Open(hsm.Config{ModulePath: e.tok.Module, TokenLabel: e.tok.Label, PIN: e.tok.PIN})
 	if err != nil {
 		t.Fatal(err)

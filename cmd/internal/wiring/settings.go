@@ -6,6 +6,8 @@
 package wiring
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -70,6 +72,8 @@ type Settings struct {
 	TLSCert         string
 	TLSKey          string
 	AdminListen     string
+	Actor           string
+	Reason          string
 
 	fs *flag.FlagSet // where the settings were registered
 }
@@ -91,9 +95,11 @@ const (
 	Server
 	// Logging: the log level.
 	Logging
+	// Operator: who acts and why, for the audit log (--actor, --reason).
+	Operator
 
 	// All is every setting: pstd serve.
-	All = Database | HSM | Origin | Issuer | Server | Logging
+	All = Database | HSM | Origin | Issuer | Server | Logging | Operator
 )
 
 // EnvName is the environment variable of flag name.
@@ -156,6 +162,42 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 	if groups&Logging != 0 {
 		fs.StringVar(&s.LogLevel, "log-level", "info", h("debug, info, warn or error", "log-level"))
 	}
+	if groups&Operator != 0 {
+		fs.StringVar(&s.Actor, "actor", "", h("who the audit log names: an operator's name for pstctl (default USER@HOST), the service's for pstd serve (default pstd)", "actor"))
+		fs.StringVar(&s.Reason, "reason", "", h("why: a change ticket or a sentence, recorded in the audit log; required by every pstctl command that changes keys", "reason"))
+	}
+}
+
+// MaxReasonLen bounds --reason.
+const MaxReasonLen = 1024
+
+// ValidateOperator checks --actor and --reason: printable text of sane
+// length, and a reason when one is required.
+func (s *Settings) ValidateOperator(requireReason bool) error {
+	if requireReason && strings.TrimSpace(s.Reason) == "" {
+		return errors.New("--reason (PSTD_REASON) is required for a command that changes keys: give a change ticket or a sentence")
+	}
+	for name, v := range map[string]string{"--actor (PSTD_ACTOR)": s.Actor, "--reason (PSTD_REASON)": s.Reason} {
+		if len(v) > MaxReasonLen {
+			return fmt.Errorf("%s is longer than %d bytes", name, MaxReasonLen)
+		}
+		if strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			return fmt.Errorf("%s holds control characters", name)
+		}
+	}
+	return nil
+}
+
+// Digest is a SHA-256 over the effective settings as LogValue prints them
+// (so never a secret: the database URL reduced to host, user and database,
+// the PIN to whether it is set), for the replica.start audit event: two
+// replicas with the same digest run the same configuration.
+func (s *Settings) Digest() string {
+	h := sha256.New()
+	for _, a := range s.LogValue().Group() {
+		fmt.Fprintf(h, "%s=%q\n", a.Key, a.Value.String())
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Policy returns the rotation policy the settings describe.
@@ -182,6 +224,9 @@ func (s *Settings) ValidateServe() error {
 		errs = append(errs, err)
 	}
 	if _, err := ParseLogLevel(s.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.ValidateOperator(false); err != nil {
 		errs = append(errs, err)
 	}
 	for _, d := range []struct {

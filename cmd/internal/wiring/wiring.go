@@ -124,6 +124,7 @@ func Open(ctx context.Context, s *Settings, log *slog.Logger, migrate bool, reg 
 		BatchSize:          s.BatchSize,
 		RecordLifetime:     s.RecordLifetime,
 		Policy:             s.Policy(),
+		Actor:              s.Actor,
 		Logger:             log,
 		Registerer:         reg,
 	}, store, h)
