@@ -253,7 +253,7 @@ func TestImage(t *testing.T) {
 	}
 
 	// Provision with the image's own pstctl, as the migration Job does.
-	for _, args := range [][]string{{"migrate"}, {"keys", "init"}} {
+	for _, args := range [][]string{{"migrate"}, {"keys", "init", "--reason", "image test: first provisioning"}} {
 		run := append([]string{"run", "--rm", "--entrypoint", "/usr/bin/pstctl"}, common...)
 		run = append(run, tag)
 		if _, err := podman(t, append(run, args...)...); err != nil {

@@ -136,6 +136,8 @@ func softhsmDir() (string, error) {
 // by running softhsm/init-token.sh: the same provisioning as `make setup`,
 // so a test failure there is a `make run` failure too. The token shares
 // the process's token directory; its PINs are in a directory of its own.
+var initTokenMu sync.Mutex
+
 func NewToken(t testing.TB) Token {
 	t.Helper()
 	if _, err := os.Stat(SoftHSMModule); err != nil {
@@ -156,7 +158,13 @@ func NewToken(t testing.TB) Token {
 	label := RandomName("pstd-test-")
 	pins := filepath.Join(dir, "pins", label)
 	cmd := exec.Command(filepath.Join(root, "softhsm", "init-token.sh"), dir, label, pins)
-	if out, err := cmd.CombinedOutput(); err != nil {
+	// softhsm2-util --init-token --free picks the first free slot: two at
+	// once in one token directory can pick the same one. The tokens of one
+	// test process share the directory, so they are made one at a time.
+	initTokenMu.Lock()
+	out, err := cmd.CombinedOutput()
+	initTokenMu.Unlock()
+	if err != nil {
 		// The output never contains a PIN: neither the script nor
 		// softhsm2-util prints one.
 		t.Fatalf("softhsm/init-token.sh: %v: %s", err, strings.TrimSpace(string(out)))
