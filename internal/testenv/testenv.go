@@ -132,12 +132,13 @@ func softhsmDir() (string, error) {
 	return hsmDir, hsmErr
 }
 
+// initTokenMu serialises token creation within the process.
+var initTokenMu sync.Mutex
+
 // NewToken initialises a fresh SoftHSM2 token with a random label and PINs,
 // by running softhsm/init-token.sh: the same provisioning as `make setup`,
 // so a test failure there is a `make run` failure too. The token shares
 // the process's token directory; its PINs are in a directory of its own.
-var initTokenMu sync.Mutex
-
 func NewToken(t testing.TB) Token {
 	t.Helper()
 	if _, err := os.Stat(SoftHSMModule); err != nil {
