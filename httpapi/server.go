@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -99,6 +101,35 @@ type Config struct {
 	// (default 2 s); ReadyTimeout bounds one probe (default 1 s).
 	ReadyInterval time.Duration
 	ReadyTimeout  time.Duration
+	// ReadyTimeouts is how many probes in a row must time out before a
+	// ready replica reports not ready (default 3). A timeout without an
+	// answer says nothing certain about the dependencies (a busy CPU delays
+	// the probe too); an answer that is an error counts at once.
+	ReadyTimeouts int
+
+	// MaxConns caps the open connections of the public listener (default:
+	// the descriptor limit less ReserveFDs and the admin listener's 64).
+	MaxConns int
+	// ReserveFDs is what the default MaxConns leaves for the database
+	// pool and the PKCS#11 module (default DefaultReserveFDs).
+	ReserveFDs int
+	// MaxConnsPerAddr caps one client address's connections (an IPv6
+	// client's /64; default DefaultMaxConnsPerAddr; < 0: no cap).
+	// ConnCapExempt (trusted reverse proxies) are exempt.
+	MaxConnsPerAddr int
+	ConnCapExempt   []netip.Prefix
+
+	// MaxIssuance and MaxRedemption bound the issuance and redemption
+	// requests that run at once (defaults DefaultMaxIssuance and
+	// DefaultMaxRedemption); MaxPerClient bounds one client's share of
+	// each (default a quarter, at least 1). A request beyond them is
+	// refused at once: 503 overloaded, Retry-After 1.
+	MaxIssuance   int
+	MaxRedemption int
+	MaxPerClient  int
+	// ClientKey names a request's client for MaxPerClient (default:
+	// ClientAddrKey of the TCP peer; behind proxies, ForwardedClientKey).
+	ClientKey func(r *http.Request) string
 
 	// Demo is reserved for the demo pages; the caller mounts them with
 	// WithRoutes.
@@ -144,6 +175,30 @@ func (c *Config) setDefaults() {
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = time.Second
 	}
+	if c.ReadyTimeouts <= 0 {
+		c.ReadyTimeouts = 3
+	}
+	if c.ReserveFDs <= 0 {
+		c.ReserveFDs = DefaultReserveFDs
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = connCapFor(DescriptorLimit(), c.ReserveFDs)
+	}
+	if c.MaxConnsPerAddr == 0 {
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	if c.MaxIssuance <= 0 {
+		c.MaxIssuance = DefaultMaxIssuance()
+	}
+	if c.MaxRedemption <= 0 {
+		c.MaxRedemption = DefaultMaxRedemption()
+	}
+	if c.MaxPerClient <= 0 {
+		c.MaxPerClient = max(1, min(c.MaxIssuance, c.MaxRedemption)/4)
+	}
+	if c.ClientKey == nil {
+		c.ClientKey = func(r *http.Request) string { return ClientAddrKey(r.RemoteAddr) }
+	}
 	if c.Registerer == nil {
 		reg := prometheus.NewRegistry()
 		c.Registerer = reg
@@ -180,6 +235,9 @@ type Server struct {
 	routes      map[string]bool // route templates, for log and metric labels
 	extraRoutes []func(*echo.Echo)
 	inflight    sync.WaitGroup // issuer calls, including ones their request gave up on
+	issueAdm    *admission
+	redeemAdm   *admission
+	conns       atomic.Pointer[connLimiter] // the public listener's, once serving
 }
 
 // New returns the HTTP API in front of iss. It starts no goroutine: Run
@@ -197,8 +255,10 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 		panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
 	}
 	s.metrics = m
+	s.issueAdm = newAdmission(PathIssuance, cfg.MaxIssuance, cfg.MaxPerClient, m)
+	s.redeemAdm = newAdmission(PathRedemption, cfg.MaxRedemption, cfg.MaxPerClient, m)
 	s.cors = newCORSPolicy(cfg.AllowedOrigins, cfg.IssuerOrigin)
-	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, s.metrics, func(ok bool, err error) {
+	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, cfg.ReadyTimeouts, s.metrics, func(ok bool, err error) {
 		if ok {
 			cfg.Logger.Info("ready")
 		} else {
@@ -278,7 +338,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error { return s.Se
 // accepting connections and lets in-flight requests finish for up to
 // ShutdownTimeout before closing what is left. It returns nil after a clean
 // shutdown.
+//
+// Both listeners are held under connection caps (see connlimit.go).
 func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
+	pub := newConnLimiter(ln, s.cfg.MaxConns, s.cfg.MaxConnsPerAddr, s.cfg.ConnCapExempt, s.metrics, "public")
+	s.conns.Store(pub)
+	ln = pub
+	if admin != nil {
+		admin = newConnLimiter(admin, adminConns, -1, nil, s.metrics, "admin")
+	}
+	s.cfg.Logger.Info("connection caps", slog.Int("max_conns", s.cfg.MaxConns), slog.Int("max_conns_per_addr", s.cfg.MaxConnsPerAddr),
+		slog.Int("max_issuance", s.cfg.MaxIssuance), slog.Int("max_redemption", s.cfg.MaxRedemption), slog.Int("max_per_client", s.cfg.MaxPerClient))
 	srv := s.httpServer(ctx, s.echo)
 	var adminSrv *http.Server
 	if admin != nil {
@@ -295,14 +365,15 @@ func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
 	defer wg.Wait()
 
 	serveErr := make(chan error, 2)
+	useTLS := srv.TLSConfig != nil // read before Serve, which writes TLSConfig (HTTP/2 set-up)
 	go func() {
-		if srv.TLSConfig != nil {
+		if useTLS {
 			serveErr <- srv.ServeTLS(ln, "", "") // certificates come from TLSConfig
 		} else {
 			serveErr <- srv.Serve(ln)
 		}
 	}()
-	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()), slog.Bool("tls", srv.TLSConfig != nil))
+	s.cfg.Logger.Info("serving", slog.String("listen", ln.Addr().String()), slog.Bool("tls", useTLS))
 	if adminSrv != nil {
 		go func() { serveErr <- adminSrv.Serve(admin) }()
 		s.cfg.Logger.Info("serving admin endpoints", slog.String("listen", admin.Addr().String()))
