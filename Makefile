@@ -19,6 +19,7 @@ FUZZ_TARGETS := \
 	./signer/voprf:FuzzClientFinish \
 	./signer/voprf:FuzzParseCommitment \
 	./signer/hsm:FuzzParseURI \
+	./httpapi:FuzzForwardedClientKey \
 	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \
 	./rp:FuzzVerifyRecord \

@@ -40,3 +40,29 @@ func TestForwardedClientKeyBracketsAndUnknown(t *testing.T) {
 		}
 	}
 }
+
+// FuzzForwardedClientKey: any X-Forwarded-For a client or proxy can send
+// yields, without panicking, the proxy's key, the shared unparsable key, or
+// the key of a real address (an IPv4 address or an IPv6 /64).
+func FuzzForwardedClientKey(f *testing.F) {
+	for _, s := range []string{"198.51.100.1", "[2001:db8::1]:80", "unknown", "1.2.3.4, 10.0.0.1", "[", "[]", ",,", "[::ffff:1.2.3.4]", "fe80::1%eth0"} {
+		f.Add(s)
+	}
+	key := ForwardedClientKey([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")})
+	f.Fuzz(func(t *testing.T, xff string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.RemoteAddr = "10.0.0.5:1"
+		r.Header.Set("X-Forwarded-For", xff)
+		got := key(r)
+		if got == "10.0.0.5" || got == UnparsableForwardedKey {
+			return
+		}
+		if a, err := netip.ParseAddr(got); err == nil && a.Is4() {
+			return
+		}
+		if p, err := netip.ParsePrefix(got); err == nil && p.Bits() == 64 && p.Addr().Is6() {
+			return
+		}
+		t.Fatalf("X-Forwarded-For %q gave key %q", xff, got)
+	})
+}
