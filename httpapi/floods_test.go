@@ -202,7 +202,7 @@ func pstReq(path, token, remote string) *http.Request {
 }
 
 func TestAdmissionRefusesAtOnceWhenFull(t *testing.T) {
-	h, release, started := blockingHarness(t, func(c *Config) { c.MaxIssuance, c.MaxRedemption, c.MaxPerClient = 2, 1, 1 })
+	h, release, started := blockingHarness(t, func(c *Config) { c.MaxIssuance, c.MaxRedemption, c.MaxQueued, c.MaxIssuancePerClient = 2, 1, -1, 1 })
 	var wg sync.WaitGroup
 	codes := make(chan int, 3)
 	for i := range 2 {
@@ -252,7 +252,7 @@ func TestAdmissionRefusesAtOnceWhenFull(t *testing.T) {
 }
 
 func TestAdmissionPerClientShare(t *testing.T) {
-	h, release, started := blockingHarness(t, func(c *Config) { c.MaxIssuance, c.MaxPerClient = 4, 1 })
+	h, release, started := blockingHarness(t, func(c *Config) { c.MaxIssuance, c.MaxQueued, c.MaxIssuancePerClient = 4, -1, 1 })
 	defer close(release)
 	go h.doReq(pstReq(PathIssuance, issueB64, "192.0.2.1:1"))
 	waitFor(t, func() bool { return started.Load() == 1 })
@@ -367,4 +367,41 @@ func mustPrefixes(t *testing.T, cidrs ...string) []netip.Prefix {
 		out = append(out, p)
 	}
 	return out
+}
+
+// TestAdmissionQueue: a burst beyond the slots waits in the bounded queue
+// and is served when a slot frees; beyond the queue it is refused at once;
+// a waiter that gets no slot within MaxQueueWait is refused, not left to
+// time out.
+func TestAdmissionQueue(t *testing.T) {
+	h, release, started := blockingHarness(t, func(c *Config) {
+		c.MaxIssuance, c.MaxQueued, c.MaxIssuancePerClient, c.MaxQueueWait = 1, 1, -1, time.Minute
+	})
+	go h.doReq(pstReq(PathIssuance, issueB64, "192.0.2.1:1"))
+	waitFor(t, func() bool { return started.Load() == 1 })
+	queued := make(chan int, 1)
+	go func() { queued <- h.doReq(pstReq(PathIssuance, issueB64, "192.0.2.2:1")).Code }()
+	waitFor(t, func() bool {
+		h.s.issueAdm.mu.Lock()
+		defer h.s.issueAdm.mu.Unlock()
+		return h.s.issueAdm.admitted == 2
+	})
+	if c := h.doReq(pstReq(PathIssuance, issueB64, "192.0.2.3:1")).Code; c != http.StatusServiceUnavailable {
+		t.Fatalf("beyond slots and queue: %d", c)
+	}
+	close(release)
+	if c := <-queued; c != 200 {
+		t.Fatalf("queued request: %d", c)
+	}
+
+	h2, release2, started2 := blockingHarness(t, func(c *Config) {
+		c.MaxIssuance, c.MaxQueued, c.MaxIssuancePerClient, c.MaxQueueWait = 1, 4, -1, 50*time.Millisecond
+	})
+	defer close(release2)
+	go h2.doReq(pstReq(PathIssuance, issueB64, "192.0.2.1:1"))
+	waitFor(t, func() bool { return started2.Load() == 1 })
+	rec := h2.doReq(pstReq(PathIssuance, issueB64, "192.0.2.2:1"))
+	if p := problemOf(t, rec); rec.Code != http.StatusServiceUnavailable || p.Type != ProblemTypePrefix+reasonOverloaded {
+		t.Fatalf("waiter past MaxQueueWait: %d %+v", rec.Code, p)
+	}
 }

@@ -121,13 +121,20 @@ type Config struct {
 
 	// MaxIssuance and MaxRedemption bound the issuance and redemption
 	// requests that run at once (defaults DefaultMaxIssuance and
-	// DefaultMaxRedemption); MaxPerClient bounds one client's share of
-	// each (default a quarter, at least 1). A request beyond them is
-	// refused at once: 503 overloaded, Retry-After 1.
-	MaxIssuance   int
-	MaxRedemption int
-	MaxPerClient  int
-	// ClientKey names a request's client for MaxPerClient (default:
+	// DefaultMaxRedemption). MaxQueued more of each may wait up to
+	// MaxQueueWait for a slot (defaults 8 × the route's limit, <0 none; and
+	// DefaultMaxQueueWait). MaxIssuancePerClient bounds one client's
+	// running and waiting issuance requests (default a quarter of slots
+	// and queue, at least 1; <0: no cap); MaxRedemptionPerClient the same
+	// for redemption (default no cap). A request beyond them is refused at
+	// once: 503 overloaded, Retry-After 1.
+	MaxIssuance            int
+	MaxRedemption          int
+	MaxQueued              int
+	MaxQueueWait           time.Duration
+	MaxIssuancePerClient   int
+	MaxRedemptionPerClient int
+	// ClientKey names a request's client for the per-client caps (default:
 	// ClientAddrKey of the TCP peer; behind proxies, ForwardedClientKey).
 	ClientKey func(r *http.Request) string
 
@@ -143,6 +150,18 @@ const (
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultRateWindow      = time.Minute
 )
+
+// queueOf is the wait queue of a route with limit running: queued, or by
+// default 8 × running; none when queued < 0.
+func queueOf(queued, running int) int {
+	switch {
+	case queued < 0:
+		return 0
+	case queued == 0:
+		return 8 * running
+	}
+	return queued
+}
 
 func (c *Config) setDefaults() {
 	if c.MaxHeaderBytes <= 0 {
@@ -193,8 +212,11 @@ func (c *Config) setDefaults() {
 	if c.MaxRedemption <= 0 {
 		c.MaxRedemption = DefaultMaxRedemption()
 	}
-	if c.MaxPerClient <= 0 {
-		c.MaxPerClient = max(1, min(c.MaxIssuance, c.MaxRedemption)/4)
+	if c.MaxQueueWait <= 0 {
+		c.MaxQueueWait = DefaultMaxQueueWait
+	}
+	if c.MaxIssuancePerClient == 0 {
+		c.MaxIssuancePerClient = max(1, (c.MaxIssuance+queueOf(c.MaxQueued, c.MaxIssuance))/4)
 	}
 	if c.ClientKey == nil {
 		c.ClientKey = func(r *http.Request) string { return ClientAddrKey(r.RemoteAddr) }
@@ -255,8 +277,8 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 		panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
 	}
 	s.metrics = m
-	s.issueAdm = newAdmission(PathIssuance, cfg.MaxIssuance, cfg.MaxPerClient, m)
-	s.redeemAdm = newAdmission(PathRedemption, cfg.MaxRedemption, cfg.MaxPerClient, m)
+	s.issueAdm = newAdmission(PathIssuance, cfg.MaxIssuance, queueOf(cfg.MaxQueued, cfg.MaxIssuance), max(cfg.MaxIssuancePerClient, 0), cfg.MaxQueueWait, m)
+	s.redeemAdm = newAdmission(PathRedemption, cfg.MaxRedemption, queueOf(cfg.MaxQueued, cfg.MaxRedemption), max(cfg.MaxRedemptionPerClient, 0), cfg.MaxQueueWait, m)
 	s.cors = newCORSPolicy(cfg.AllowedOrigins, cfg.IssuerOrigin)
 	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, cfg.ReadyTimeouts, s.metrics, func(ok bool, err error) {
 		if ok {
@@ -348,7 +370,7 @@ func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
 		admin = newConnLimiter(admin, adminConns, -1, nil, s.metrics, "admin")
 	}
 	s.cfg.Logger.Info("connection caps", slog.Int("max_conns", s.cfg.MaxConns), slog.Int("max_conns_per_addr", s.cfg.MaxConnsPerAddr),
-		slog.Int("max_issuance", s.cfg.MaxIssuance), slog.Int("max_redemption", s.cfg.MaxRedemption), slog.Int("max_per_client", s.cfg.MaxPerClient))
+		slog.Int("max_issuance", s.cfg.MaxIssuance), slog.Int("max_redemption", s.cfg.MaxRedemption), slog.Int("max_issuance_per_client", s.cfg.MaxIssuancePerClient))
 	srv := s.httpServer(ctx, s.echo)
 	var adminSrv *http.Server
 	if admin != nil {
