@@ -19,8 +19,9 @@ import (
 // time out. Overload is a local condition: it never touches readiness,
 // which is about the dependencies.
 //
-// The per-client share applies to issuance (default a quarter of slots
-// and queue), which costs the server CPU for anything well-framed.
+// The per-client share applies to issuance (default half the slots: one
+// client never holds them all, so another's request runs at once), which
+// costs the server CPU for anything well-framed.
 // Redemption has none by default: a relying party or a proxy legitimately
 // sends bursts of redemptions from one address, and each needs a token.
 

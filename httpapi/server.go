@@ -124,8 +124,8 @@ type Config struct {
 	// DefaultMaxRedemption). MaxQueued more of each may wait up to
 	// MaxQueueWait for a slot (defaults 8 × the route's limit, <0 none; and
 	// DefaultMaxQueueWait). MaxIssuancePerClient bounds one client's
-	// running and waiting issuance requests (default a quarter of slots
-	// and queue, at least 1; <0: no cap); MaxRedemptionPerClient the same
+	// running and waiting issuance requests (default half the slots, at
+	// least 1, so one client never holds them all; <0: no cap); MaxRedemptionPerClient the same
 	// for redemption (default no cap). A request beyond them is refused at
 	// once: 503 overloaded, Retry-After 1.
 	MaxIssuance            int
@@ -216,7 +216,7 @@ func (c *Config) setDefaults() {
 		c.MaxQueueWait = DefaultMaxQueueWait
 	}
 	if c.MaxIssuancePerClient == 0 {
-		c.MaxIssuancePerClient = max(1, (c.MaxIssuance+queueOf(c.MaxQueued, c.MaxIssuance))/4)
+		c.MaxIssuancePerClient = max(1, c.MaxIssuance/2)
 	}
 	if c.ClientKey == nil {
 		c.ClientKey = func(r *http.Request) string { return ClientAddrKey(r.RemoteAddr) }

@@ -140,7 +140,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.DurationVar(&s.ShutdownDelay, "shutdown-delay", 0, h("on SIGTERM, how long /readyz fails while the listeners keep serving, so load balancers drain first", "shutdown-delay"))
 		fs.IntVar(&s.MaxConns, "max-conns", 0, h("open connections the public listener holds at most; 0: the descriptor limit less a reserve for the database pool and the PKCS#11 module", "max-conns"))
 		fs.IntVar(&s.MaxConnsPerAddr, "max-conns-per-addr", httpapi.DefaultMaxConnsPerAddr, h("open connections one client address (IPv6: /64) may hold; trusted proxies are exempt; -1: no cap", "max-conns-per-addr"))
-		fs.IntVar(&s.MaxInflightIssue, "max-inflight-issuance", 0, h("issuance requests that run at once (8 times as many may wait up to 1 s; one client at most a quarter); beyond, 503 overloaded; 0: twice the CPUs", "max-inflight-issuance"))
+		fs.IntVar(&s.MaxInflightIssue, "max-inflight-issuance", 0, h("issuance requests that run at once (8 times as many may wait up to 1 s; one client at most half); beyond, 503 overloaded; 0: twice the CPUs", "max-inflight-issuance"))
 		fs.IntVar(&s.MaxInflightRedeem, "max-inflight-redemption", 0, h("redemption requests that run at once (8 times as many may wait up to 1 s); beyond, 503 overloaded; 0: four times the CPUs, at most the HSM sessions less two", "max-inflight-redemption"))
 		fs.BoolVar(&s.AllowCoreDumps, "allow-core-dumps", false, h("debugging only: let the process be dumped (a core holds the PIN and keys); off, pstd is not dumpable and its core limit is 0", "allow-core-dumps"))
 	}
