@@ -22,6 +22,7 @@ FUZZ_TARGETS := \
 	./signer/voprf/internal/p384:FuzzP384ScalarMult@3000x \
 	./signer/voprf/internal/p384:FuzzP384MultiScalarMult@3000x \
 	./signer/hsm:FuzzParseURI \
+	./httpapi:FuzzForwardedClientKey \
 	./signer/hsm:FuzzSealedKEKGeneration \
 	./rp:FuzzParseRedemptionRecordHeader \
 	./rp:FuzzVerifyRecord \

@@ -233,6 +233,11 @@ func (s *Server) doIssuance(c echo.Context) error {
 			requested = n
 		}
 	}
+	release, err := s.admit(s.issueAdm, req)
+	if err != nil {
+		return err
+	}
+	defer func() { release() }()
 	allowed, err := s.cfg.Policy.Allow(ctx, req, requested)
 	if err != nil {
 		return err
@@ -244,7 +249,10 @@ func (s *Server) doIssuance(c echo.Context) error {
 
 	var resp []byte
 	var issued int
+	slot := release
+	release = func() {} // the call gives the slot back when the work ends
 	err = s.call(ctx, func() error {
+		defer slot()
 		var err error
 		resp, issued, err = s.iss.Issue(ctx, raw, limit)
 		return err
@@ -277,8 +285,15 @@ func (s *Server) doRedemption(c echo.Context) error {
 			return err
 		}
 	}
+	// The slot is held until the issuer's work ends, even if the request
+	// gives up first: it measures work, not waiting clients.
+	slot, err := s.admit(s.redeemAdm, req)
+	if err != nil {
+		return err
+	}
 	var record string
 	err = s.call(ctx, func() error {
+		defer slot()
 		var err error
 		record, err = s.iss.Redeem(ctx, raw)
 		return err
@@ -397,8 +412,8 @@ func (s *Server) jwks(c echo.Context) error {
 	return cacheable(c, ContentTypeJWKS, etagFor(0, body), body)
 }
 
-// readyz probes (shared, detached from the caller, bounded by the probe
-// timeout; see probeShared) and answers 200 or 503.
+// readyz probes (shared, detached from the caller, answered from the cache
+// when the probe is slow; see probeShared) and answers 200 or 503.
 func (s *Server) readyz(c echo.Context) error {
 	c.Response().Header().Set(echo.HeaderCacheControl, "no-store")
 	err := s.ready.probeShared(c.Request().Context())

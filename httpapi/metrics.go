@@ -19,6 +19,12 @@ type metrics struct {
 	redemptions  *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	ready        prometheus.Gauge
+
+	admissionRejected *prometheus.CounterVec
+	inflight          *prometheus.GaugeVec
+	connRefused       *prometheus.CounterVec
+	openConns         *prometheus.GaugeVec
+	probeInconclusive prometheus.Counter
 }
 
 // newMetrics creates pstd's metrics and registers them on reg. A collector
@@ -46,6 +52,26 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: metricsNamespace, Name: "ready",
 			Help: "1 when the database, the HSM and the keys were usable at the last readiness probe.",
 		}),
+		admissionRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "admission_rejected_total",
+			Help: "Issuance and redemption requests refused at once with 503 overloaded because the route's (or the client's) concurrency was full.",
+		}, []string{"route"}),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Name: "inflight_requests",
+			Help: "Issuance and redemption requests running now (admitted).",
+		}, []string{"route"}),
+		connRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "connections_refused_total",
+			Help: "Connections closed on accept because the listener's total or per-address connection cap was reached.",
+		}, []string{"listener", "reason"}),
+		openConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Name: "open_connections",
+			Help: "Connections open on the listener.",
+		}, []string{"listener"}),
+		probeInconclusive: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "readiness_probe_timeouts_total",
+			Help: "Readiness probes that timed out without an answer from a dependency (readiness changes only after several in a row).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -67,6 +93,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	register(m.redemptions, func(c prometheus.Collector) { m.redemptions = c.(*prometheus.CounterVec) })
 	register(m.duration, func(c prometheus.Collector) { m.duration = c.(*prometheus.HistogramVec) })
 	register(m.ready, func(c prometheus.Collector) { m.ready = c.(prometheus.Gauge) })
+	register(m.admissionRejected, func(c prometheus.Collector) { m.admissionRejected = c.(*prometheus.CounterVec) })
+	register(m.inflight, func(c prometheus.Collector) { m.inflight = c.(*prometheus.GaugeVec) })
+	register(m.connRefused, func(c prometheus.Collector) { m.connRefused = c.(*prometheus.CounterVec) })
+	register(m.openConns, func(c prometheus.Collector) { m.openConns = c.(*prometheus.GaugeVec) })
+	register(m.probeInconclusive, func(c prometheus.Collector) { m.probeInconclusive = c.(prometheus.Counter) })
 	return m, errors.Join(errs...)
 }
 

@@ -177,10 +177,25 @@ func (s *Server) securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// reasonTransferEncoding refuses a request body in Transfer-Encoding.
+const reasonTransferEncoding = "transfer-encoding"
+
 // limits bounds the request body and the time a handler may work.
+//
+// A request with a Transfer-Encoding is refused (400) and its connection
+// closed: pstd's endpoints read no body, so only a smuggling attempt sends
+// one that way, and one with Content-Length as well (which Go's server
+// resolves by dropping Content-Length before the handler sees it) might
+// have been framed differently by a proxy in front. Closing the connection
+// leaves no unread bytes to be taken for the next request.
 func (s *Server) limits(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
+		if len(req.TransferEncoding) > 0 {
+			c.Response().Header().Set(echo.HeaderConnection, "close")
+			req.Close = true
+			return newProblem(http.StatusBadRequest, reasonTransferEncoding, "Transfer-Encoding request bodies are not accepted", nil)
+		}
 		if req.ContentLength > s.cfg.BodyLimit {
 			return echo.NewHTTPError(http.StatusRequestEntityTooLarge)
 		}

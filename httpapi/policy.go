@@ -191,6 +191,10 @@ func ClientAddrKey(addr string) string {
 	return ip.String()
 }
 
+// UnparsableForwardedKey is the one rate-limit key of every request whose
+// X-Forwarded-For client entry is not an address.
+const UnparsableForwardedKey = "x-forwarded-for:unparsable"
+
 // ForwardedClientKey is a RateLimitConfig.ClientKey for pstd behind reverse
 // proxies. When the TCP peer is one of trusted, the client is the
 // rightmost X-Forwarded-For address that is not itself a trusted proxy
@@ -209,6 +213,8 @@ func ForwardedClientKey(trusted []netip.Prefix) func(*http.Request) string {
 		s = strings.TrimSpace(s)
 		if host, _, err := net.SplitHostPort(s); err == nil {
 			s = host
+		} else if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+			s = s[1 : len(s)-1] // a bracketed IPv6 address without a port
 		}
 		a, err := netip.ParseAddr(s)
 		return a.Unmap().WithZone(""), err == nil
@@ -225,7 +231,11 @@ func ForwardedClientKey(trusted []netip.Prefix) func(*http.Request) string {
 		for i := len(hops) - 1; i >= 0; i-- {
 			a, ok := parse(hops[i])
 			if !ok {
-				break // garbage: stop believing the header here
+				// "unknown", an obfuscated identifier or garbage where the
+				// client's address should be: one bucket of their own, not
+				// the proxy's (that would let them starve everyone behind
+				// it) and not one per string (a client could mint buckets).
+				return UnparsableForwardedKey
 			}
 			if !isTrusted(a) {
 				return ClientAddrKey(a.String())

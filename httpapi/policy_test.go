@@ -19,7 +19,7 @@ func TestForwardedClientKey(t *testing.T) {
 		{"client-forged entries left of the real one", "10.0.0.5:1", []string{"1.2.3.4, 198.51.100.1"}, "198.51.100.1"},
 		{"two proxies", "10.0.0.5:1", []string{"198.51.100.1, 10.1.1.1"}, "198.51.100.1"},
 		{"two header lines", "10.0.0.5:1", []string{"1.2.3.4", "198.51.100.1"}, "198.51.100.1"},
-		{"garbage stops the walk", "10.0.0.5:1", []string{"198.51.100.1, nonsense"}, "10.0.0.5"},
+		{"garbage gets its own bucket", "10.0.0.5:1", []string{"198.51.100.1, nonsense"}, UnparsableForwardedKey},
 		{"no header", "10.0.0.5:1", nil, "10.0.0.5"},
 		{"IPv6 client", "10.0.0.5:1", []string{"2001:db8:1:2:3:4:5:6"}, "2001:db8:1:2::/64"},
 	} {

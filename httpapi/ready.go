@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,10 @@ type readiness struct {
 	interval time.Duration
 	metrics  *metrics
 	onChange func(ready bool, err error)
+	timeouts int // probes in a row that must time out to turn not ready
+
+	smu    sync.Mutex // serialises state updates
+	streak int        // timed-out probes in a row
 
 	state    atomic.Pointer[readyState]
 	draining atomic.Bool
@@ -44,8 +49,8 @@ type readyState struct {
 
 var errNotProbed = pstderr.New(pstderr.Unavailable, "starting up")
 
-func newReadiness(iss Issuer, interval, timeout time.Duration, m *metrics, onChange func(bool, error)) *readiness {
-	r := &readiness{iss: iss, interval: interval, timeout: timeout, metrics: m, onChange: onChange,
+func newReadiness(iss Issuer, interval, timeout time.Duration, timeouts int, m *metrics, onChange func(bool, error)) *readiness {
+	r := &readiness{iss: iss, interval: interval, timeout: timeout, timeouts: max(1, timeouts), metrics: m, onChange: onChange,
 		kick: make(chan struct{}, 1)}
 	r.state.Store(&readyState{err: errNotProbed})
 	m.setReady(false)
@@ -80,9 +85,17 @@ func (r *readiness) probeShared(ctx context.Context) error {
 		}()
 	}
 	r.fmu.Unlock()
+	// A probe that has not answered within half the probe timeout (the
+	// dependencies are slow, or the CPU is busy) leaves the caller the
+	// cached state: a load balancer's own short timeout must not turn a
+	// slow answer into "not ready". The probe goes on and updates the cache.
+	wait := time.NewTimer(r.timeout / 2)
+	defer wait.Stop()
 	select {
 	case <-f.done:
 		return f.err
+	case <-wait.C:
+		return r.state.Load().err
 	case <-ctx.Done():
 		return pstderr.Wrap(pstderr.Unavailable, ctx.Err(), "readiness check abandoned")
 	}
@@ -91,6 +104,14 @@ func (r *readiness) probeShared(ctx context.Context) error {
 // probe calls Ready with the probe timeout, waiting no longer than that
 // even if Ready ignores its context, and stores the result, unless parent
 // itself ended (shutdown): that says nothing about the dependencies.
+//
+// A probe that timed out got no answer: a dependency may hang, or this
+// process may just not have been scheduled in time (a CPU busy with a
+// flood delays the probe as much as the requests). So a ready replica
+// turns not ready only after ReadyTimeouts such probes in a row; an
+// answer that is an error (connection refused, token gone, keys missing)
+// turns it not ready at once, and a not-ready replica turns ready only on
+// a successful probe. It returns the state it leaves.
 func (r *readiness) probe(parent context.Context) error {
 	ctx, cancel := context.WithTimeout(parent, r.timeout)
 	defer cancel()
@@ -112,7 +133,20 @@ func (r *readiness) probe(parent context.Context) error {
 	if parent.Err() != nil {
 		return err
 	}
-	old := r.state.Swap(&readyState{err: err, at: time.Now()})
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	old := r.state.Load()
+	if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		r.metrics.probeInconclusive.Inc()
+		r.streak++
+		if old.err == nil && r.streak < r.timeouts {
+			r.state.Store(&readyState{err: nil, at: time.Now()})
+			return nil
+		}
+	} else {
+		r.streak = 0
+	}
+	r.state.Store(&readyState{err: err, at: time.Now()})
 	r.metrics.setReady(err == nil)
 	if (old.err == nil) != (err == nil) && r.onChange != nil {
 		r.onChange(err == nil, err)

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -103,6 +105,42 @@ type Config struct {
 	// (default 2 s); ReadyTimeout bounds one probe (default 1 s).
 	ReadyInterval time.Duration
 	ReadyTimeout  time.Duration
+	// ReadyTimeouts is how many probes in a row must time out before a
+	// ready replica reports not ready (default 3). A timeout without an
+	// answer says nothing certain about the dependencies (a busy CPU delays
+	// the probe too); an answer that is an error counts at once.
+	ReadyTimeouts int
+
+	// MaxConns caps the open connections of the public listener (default:
+	// the descriptor limit less ReserveFDs and the admin listener's 64).
+	MaxConns int
+	// ReserveFDs is what the default MaxConns leaves for the database
+	// pool and the PKCS#11 module (default DefaultReserveFDs).
+	ReserveFDs int
+	// MaxConnsPerAddr caps one client address's connections (an IPv6
+	// client's /64; default DefaultMaxConnsPerAddr; < 0: no cap).
+	// ConnCapExempt (trusted reverse proxies) are exempt.
+	MaxConnsPerAddr int
+	ConnCapExempt   []netip.Prefix
+
+	// MaxIssuance and MaxRedemption bound the issuance and redemption
+	// requests that run at once (defaults DefaultMaxIssuance and
+	// DefaultMaxRedemption). MaxQueued more of each may wait up to
+	// MaxQueueWait for a slot (defaults 8 × the route's limit, <0 none; and
+	// DefaultMaxQueueWait). MaxIssuancePerClient bounds one client's
+	// running and waiting issuance requests (default half the slots, at
+	// least 1, so one client never holds them all; <0: no cap); MaxRedemptionPerClient the same
+	// for redemption (default no cap). A request beyond them is refused at
+	// once: 503 overloaded, Retry-After 1.
+	MaxIssuance            int
+	MaxRedemption          int
+	MaxQueued              int
+	MaxQueueWait           time.Duration
+	MaxIssuancePerClient   int
+	MaxRedemptionPerClient int
+	// ClientKey names a request's client for the per-client caps (default:
+	// ClientAddrKey of the TCP peer; behind proxies, ForwardedClientKey).
+	ClientKey func(r *http.Request) string
 
 	// Demo is reserved for the demo pages; the caller mounts them with
 	// WithRoutes.
@@ -116,6 +154,18 @@ const (
 	DefaultShutdownTimeout = 20 * time.Second
 	DefaultRateWindow      = time.Minute
 )
+
+// queueOf is the wait queue of a route with limit running: queued, or by
+// default 8 × running; none when queued < 0.
+func queueOf(queued, running int) int {
+	switch {
+	case queued < 0:
+		return 0
+	case queued == 0:
+		return 8 * running
+	}
+	return queued
+}
 
 func (c *Config) setDefaults() {
 	if c.MaxHeaderBytes <= 0 {
@@ -147,6 +197,33 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadyTimeout <= 0 {
 		c.ReadyTimeout = time.Second
+	}
+	if c.ReadyTimeouts <= 0 {
+		c.ReadyTimeouts = 3
+	}
+	if c.ReserveFDs <= 0 {
+		c.ReserveFDs = DefaultReserveFDs
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = connCapFor(DescriptorLimit(), c.ReserveFDs)
+	}
+	if c.MaxConnsPerAddr == 0 {
+		c.MaxConnsPerAddr = DefaultMaxConnsPerAddr
+	}
+	if c.MaxIssuance <= 0 {
+		c.MaxIssuance = DefaultMaxIssuance()
+	}
+	if c.MaxRedemption <= 0 {
+		c.MaxRedemption = DefaultMaxRedemption()
+	}
+	if c.MaxQueueWait <= 0 {
+		c.MaxQueueWait = DefaultMaxQueueWait
+	}
+	if c.MaxIssuancePerClient == 0 {
+		c.MaxIssuancePerClient = max(1, c.MaxIssuance/2)
+	}
+	if c.ClientKey == nil {
+		c.ClientKey = func(r *http.Request) string { return ClientAddrKey(r.RemoteAddr) }
 	}
 	if c.Registerer == nil {
 		reg := prometheus.NewRegistry()
@@ -184,6 +261,9 @@ type Server struct {
 	routes      map[string]bool // route templates, for log and metric labels
 	extraRoutes []func(*echo.Echo)
 	inflight    sync.WaitGroup // issuer calls, including ones their request gave up on
+	issueAdm    *admission
+	redeemAdm   *admission
+	conns       atomic.Pointer[connLimiter] // the public listener's, once serving
 }
 
 // New returns the HTTP API in front of iss. It starts no goroutine: Run
@@ -201,8 +281,10 @@ func New(cfg Config, iss Issuer, opts ...Option) *Server {
 		panic(fmt.Sprintf("httpapi: registering metrics: %v", err))
 	}
 	s.metrics = m
+	s.issueAdm = newAdmission(PathIssuance, cfg.MaxIssuance, queueOf(cfg.MaxQueued, cfg.MaxIssuance), max(cfg.MaxIssuancePerClient, 0), cfg.MaxQueueWait, m)
+	s.redeemAdm = newAdmission(PathRedemption, cfg.MaxRedemption, queueOf(cfg.MaxQueued, cfg.MaxRedemption), max(cfg.MaxRedemptionPerClient, 0), cfg.MaxQueueWait, m)
 	s.cors = newCORSPolicy(cfg.AllowedOrigins, cfg.IssuerOrigin)
-	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, s.metrics, func(ok bool, err error) {
+	s.ready = newReadiness(iss, cfg.ReadyInterval, cfg.ReadyTimeout, cfg.ReadyTimeouts, s.metrics, func(ok bool, err error) {
 		if ok {
 			cfg.Logger.Info("ready")
 		} else {
@@ -282,7 +364,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error { return s.Se
 // accepting connections and lets in-flight requests finish for up to
 // ShutdownTimeout before closing what is left. It returns nil after a clean
 // shutdown.
+//
+// Both listeners are held under connection caps (see connlimit.go).
 func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
+	pub := newConnLimiter(ln, s.cfg.MaxConns, s.cfg.MaxConnsPerAddr, s.cfg.ConnCapExempt, s.metrics, "public")
+	s.conns.Store(pub)
+	ln = pub
+	if admin != nil {
+		admin = newConnLimiter(admin, adminConns, -1, nil, s.metrics, "admin")
+	}
+	s.cfg.Logger.Info("connection caps", slog.Int("max_conns", s.cfg.MaxConns), slog.Int("max_conns_per_addr", s.cfg.MaxConnsPerAddr),
+		slog.Int("max_issuance", s.cfg.MaxIssuance), slog.Int("max_redemption", s.cfg.MaxRedemption), slog.Int("max_issuance_per_client", s.cfg.MaxIssuancePerClient))
 	srv := s.httpServer(ctx, s.echo)
 	var adminSrv *http.Server
 	if admin != nil {
@@ -299,7 +391,7 @@ func (s *Server) ServeAll(ctx context.Context, ln, admin net.Listener) error {
 	defer wg.Wait()
 
 	serveErr := make(chan error, 2)
-	useTLS := srv.TLSConfig != nil // read before Serve, which writes the config
+	useTLS := srv.TLSConfig != nil // read before Serve, which writes TLSConfig (HTTP/2 set-up)
 	go func() {
 		if useTLS {
 			serveErr <- srv.ServeTLS(ln, "", "") // certificates come from TLSConfig

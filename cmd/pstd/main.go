@@ -38,6 +38,16 @@ import (
 )
 
 func main() {
+	// Before anything else: secrets leave the kernel's copy of the
+	// environment (a re-execution), and the process stops being dumpable.
+	if err := wiring.ScrubEnvironment(); err != nil {
+		fmt.Fprintln(os.Stderr, "pstd:", err)
+		os.Exit(1)
+	}
+	if err := wiring.Protect(); err != nil {
+		fmt.Fprintln(os.Stderr, "pstd:", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// After the first signal, the default action again: a second one ends
@@ -107,6 +117,12 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		return cli.Usagef("%v", err)
 	}
 	log.Info("starting pstd", "settings", s)
+	if s.AllowCoreDumps {
+		if err := wiring.AllowCoreDumps(); err != nil {
+			return err
+		}
+		log.Warn("core dumps allowed (--allow-core-dumps): a core of this process holds the PIN and the keys")
+	}
 	for _, w := range s.Warnings(fs, os.Environ()) {
 		log.Warn(w)
 	}
@@ -150,7 +166,8 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 
 	var policy httpapi.Policy = httpapi.AllowAll{}
 	clientKey := func(r *http.Request) string { return httpapi.ClientAddrKey(r.RemoteAddr) }
-	if proxies, _ := s.TrustedProxyPrefixes(); len(proxies) > 0 { // validated by ValidateServe
+	proxies, _ := s.TrustedProxyPrefixes() // validated by ValidateServe
+	if len(proxies) > 0 {
 		clientKey = httpapi.ForwardedClientKey(proxies)
 	}
 	if s.RateLimit > 0 {
@@ -220,6 +237,7 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		}
 		opts = append(opts, httpapi.WithRoutes(func(e *echo.Echo) { demo.Register(e, cfg) }))
 	}
+	maxIssue, maxRedeem := s.AdmissionLimits()
 	var origins []string
 	if s.AllowedOrigins != "" && s.AllowedOrigins != "*" {
 		origins = strings.Split(s.AllowedOrigins, ",")
@@ -264,6 +282,12 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		Policy:             policy,
 		RedemptionPolicy:   redemptionPolicy,
 		Demo:               s.Demo,
+		MaxConns:           s.MaxConns,
+		MaxConnsPerAddr:    s.MaxConnsPerAddr,
+		ConnCapExempt:      proxies,
+		MaxIssuance:        maxIssue,
+		MaxRedemption:      maxRedeem,
+		ClientKey:          clientKey,
 	}, a.Service, opts...)
 	log.Info("serving", "url", s.IssuerOrigin, "listen", s.Listen)
 	err = srv.Run(ctx, s.Listen, s.AdminListen)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 )
 
 // Config says which token to use and how to log in.
@@ -71,12 +72,36 @@ func LoadPIN(pinFile, pinEnv string) (string, error) {
 	return pinEnv, nil
 }
 
+// ErrPINFileExposed: the PIN file is readable by group or others, or owned
+// by another user. pstd refuses it rather than use a PIN others may know.
+var ErrPINFileExposed = errors.New("hsm: PIN file is exposed")
+
+// checkPINFileMode refuses a PIN file (the open file, so no swap between
+// check and read) that group or others may read or write, or that another
+// user owns (and so may chmod or rewrite).
+func checkPINFileMode(f *os.File, path string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("hsm: PIN file: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o; allow its owner only (chmod 600)", ErrPINFileExposed, path, perm)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%w: %s is owned by uid %d, not by pstd's uid %d", ErrPINFileExposed, path, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
 func readPINFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("hsm: PIN file: %w", err)
 	}
 	defer f.Close()
+	if err := checkPINFileMode(f, path); err != nil {
+		return "", err
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxPINFile+1))
 	defer Wipe(b)
 	if err != nil {

@@ -125,3 +125,44 @@ func TestLoadPIN(t *testing.T) {
 		t.Fatalf("no module: %v", err)
 	}
 }
+
+// TestPINFileExposedRefused: a PIN file others may read, or another user
+// owns, is refused with a message that says what to fix; 0600 and 0400
+// files of pstd's own user are read.
+func TestPINFileExposedRefused(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("1234\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o666} {
+		p := write(fmt.Sprintf("pin-%o", mode), mode)
+		_, err := LoadPIN(p, "")
+		if !errors.Is(err, ErrPINFileExposed) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("mode %04o: %v", mode, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "1234") {
+			t.Errorf("error quotes the PIN: %v", err)
+		}
+	}
+	for _, mode := range []os.FileMode{0o600, 0o400} {
+		if pin, err := LoadPIN(write(fmt.Sprintf("ok-%o", mode), mode), ""); err != nil || pin != "1234" {
+			t.Errorf("mode %04o: %q, %v", mode, pin, err)
+		}
+	}
+	if os.Geteuid() == 0 {
+		p := write("foreign", 0o600)
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadPIN(p, ""); !errors.Is(err, ErrPINFileExposed) || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("foreign-owned PIN file: %v", err)
+		}
+	}
+}

@@ -3,6 +3,8 @@ package hsm
 import (
 	"errors"
 	"fmt"
+	"os"
+	"syscall"
 
 	"github.com/miekg/pkcs11"
 )
@@ -44,6 +46,13 @@ var (
 	// ErrKeyExists: a redemption-record key with that id is already on the
 	// token.
 	ErrKeyExists = errors.New("hsm: key already exists on the token")
+	// ErrResources: the host ran out of file descriptors or memory
+	// (EMFILE, ENFILE, CKR_HOST_MEMORY). The session is not lost, so pstd
+	// neither logs out nor reconnects: that would only cost more
+	// descriptors and leave the token unusable for a backoff period once
+	// the pressure is gone. Callers fail closed for this call; it wraps
+	// ErrUnavailable.
+	ErrResources = errors.New("hsm: host out of resources (file descriptors or memory)")
 	// ErrUnsafeKey: a key on the token is extractable, not sensitive, not
 	// private or not a token object; pstd refuses to use it.
 	ErrUnsafeKey = errors.New("hsm: key attributes are unsafe")
@@ -100,6 +109,57 @@ func isSessionLost(err error) bool {
 		return true
 	}
 	return false
+}
+
+// isResourceExhaustion reports whether err comes from the host running out
+// of descriptors or memory rather than from the token: CKR_HOST_MEMORY, an
+// EMFILE or ENFILE in the chain, or a "device" failure while the process
+// holds (nearly) all the descriptors it may — a module that cannot open a
+// socket or file reports that as a device error, which would otherwise be
+// taken for a lost token.
+func isResourceExhaustion(err error) bool {
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOMEM) {
+		return true
+	}
+	code, ok := p11Code(err)
+	if !ok {
+		return false
+	}
+	switch code {
+	case pkcs11.CKR_HOST_MEMORY:
+		return true
+	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_DEVICE_MEMORY,
+		pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_TOKEN_NOT_PRESENT:
+		return descriptorsExhausted()
+	}
+	return false
+}
+
+// fdHeadroom is how close to RLIMIT_NOFILE counts as exhausted.
+const fdHeadroom = 8
+
+// descriptorsExhausted reports whether the process's open descriptors are
+// within fdHeadroom of its limit (or cannot even be counted, which needs
+// one descriptor).
+func descriptorsExhausted() bool {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return false
+	}
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+	}
+	defer d.Close()
+	n := 0
+	for {
+		names, err := d.Readdirnames(4096)
+		n += len(names)
+		if err != nil || len(names) == 0 {
+			break
+		}
+	}
+	return uint64(n+fdHeadroom) >= rl.Cur
 }
 
 // isStaleHandle reports whether err says an object handle is invalid. That

@@ -220,11 +220,18 @@ func (h *HSM) run(fn func(l *live) error) (seen uint64, lost bool, err error) {
 	switch {
 	case err == nil:
 		return l.gen, false, nil
+	case isResourceExhaustion(err):
+		// Checked before isSessionLost: a module starved of descriptors
+		// may say "device error", and reconnecting would make it worse.
+		return l.gen, false, fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrResources, err)
 	case isSessionLost(err):
 		return l.gen, true, err
 	case isStaleHandle(err):
 		// A deleted key, or a lost login? Ask the connection.
 		if perr := safeCall(l.b.ping); perr != nil {
+			if isResourceExhaustion(perr) {
+				return l.gen, false, fmt.Errorf("%w: %w: %w (connection check: %w)", ErrUnavailable, ErrResources, err, perr)
+			}
 			return l.gen, true, fmt.Errorf("%w (connection check: %w)", err, perr)
 		}
 	}

@@ -75,6 +75,12 @@ type Settings struct {
 	Actor           string
 	Reason          string
 
+	MaxConns          int
+	MaxConnsPerAddr   int
+	MaxInflightIssue  int
+	MaxInflightRedeem int
+	AllowCoreDumps    bool
+
 	fs *flag.FlagSet // where the settings were registered
 }
 
@@ -158,6 +164,11 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.DurationVar(&s.RequestTimeout, "request-timeout", httpapi.DefaultRequestTimeout, h("upper bound on one request", "request-timeout"))
 		fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", httpapi.DefaultShutdownTimeout, h("how long in-flight requests may finish at shutdown", "shutdown-timeout"))
 		fs.DurationVar(&s.ShutdownDelay, "shutdown-delay", 0, h("on SIGTERM, how long /readyz fails while the listeners keep serving, so load balancers drain first", "shutdown-delay"))
+		fs.IntVar(&s.MaxConns, "max-conns", 0, h("open connections the public listener holds at most; 0: the descriptor limit less a reserve for the database pool and the PKCS#11 module", "max-conns"))
+		fs.IntVar(&s.MaxConnsPerAddr, "max-conns-per-addr", httpapi.DefaultMaxConnsPerAddr, h("open connections one client address (IPv6: /64) may hold; trusted proxies are exempt; -1: no cap", "max-conns-per-addr"))
+		fs.IntVar(&s.MaxInflightIssue, "max-inflight-issuance", 0, h("issuance requests that run at once (8 times as many may wait up to 1 s; one client at most half); beyond, 503 overloaded; 0: twice the CPUs", "max-inflight-issuance"))
+		fs.IntVar(&s.MaxInflightRedeem, "max-inflight-redemption", 0, h("redemption requests that run at once (8 times as many may wait up to 1 s); beyond, 503 overloaded; 0: four times the CPUs, at most the HSM sessions less two", "max-inflight-redemption"))
+		fs.BoolVar(&s.AllowCoreDumps, "allow-core-dumps", false, h("debugging only: let the process be dumped (a core holds the PIN and keys); off, pstd is not dumpable and its core limit is 0", "allow-core-dumps"))
 	}
 	if groups&Logging != 0 {
 		fs.StringVar(&s.LogLevel, "log-level", "info", h("debug, info, warn or error", "log-level"))
@@ -270,6 +281,12 @@ func (s *Settings) ValidateServe() error {
 	if s.RateLimit < 0 {
 		errs = append(errs, errors.New("PSTD_RATE_LIMIT must not be negative"))
 	}
+	if s.MaxConns < 0 || s.MaxInflightIssue < 0 || s.MaxInflightRedeem < 0 {
+		errs = append(errs, errors.New("PSTD_MAX_CONNS, PSTD_MAX_INFLIGHT_ISSUANCE and PSTD_MAX_INFLIGHT_REDEMPTION must not be negative"))
+	}
+	if s.MaxConnsPerAddr < -1 || s.MaxConnsPerAddr == 0 {
+		errs = append(errs, errors.New("PSTD_MAX_CONNS_PER_ADDR must be positive, or -1 for no cap"))
+	}
 	if _, err := s.TrustedProxyPrefixes(); err != nil {
 		errs = append(errs, err)
 	}
@@ -299,6 +316,23 @@ func (s *Settings) RegistrationExpiry() (time.Time, error) {
 		return time.Time{}, fmt.Errorf("PSTD_REGISTRATION_EXPIRES %q is not a date like 2027-05-31", s.RegistrationExp)
 	}
 	return t, nil
+}
+
+// hsmSessions is the HSM session pool pstd opens (hsm.Config's default).
+const hsmSessions = 32
+
+// AdmissionLimits are the issuance and redemption concurrency limits: the
+// settings, or sized to the CPUs; redemption, which signs each record on
+// the HSM, leaves two sessions for the readiness probe and key loading.
+func (s *Settings) AdmissionLimits() (issue, redeem int) {
+	issue, redeem = s.MaxInflightIssue, s.MaxInflightRedeem
+	if issue == 0 {
+		issue = httpapi.DefaultMaxIssuance()
+	}
+	if redeem == 0 {
+		redeem = min(httpapi.DefaultMaxRedemption(), hsmSessions-2)
+	}
+	return issue, redeem
 }
 
 // TrustedProxyPrefixes parses PSTD_TRUSTED_PROXIES.

@@ -31,6 +31,12 @@ func OpenStore(ctx context.Context, s *Settings, log *slog.Logger) (*db.Store, e
 	if err != nil {
 		return nil, err
 	}
+	// Once opened, Go's copy of the environment (what a child process
+	// would inherit) keeps no password either.
+	defer func() {
+		_ = os.Unsetenv("PSTD_DATABASE_URL")
+		_ = os.Unsetenv("PGPASSWORD")
+	}()
 	return db.Open(ctx, url, db.WithLogger(log))
 }
 
@@ -41,13 +47,13 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 	}
 	var cfg hsm.Config
 	// Whatever happens below, the settings and Go's copy of the environment
-	// (what child processes inherit) keep no copy of the PIN. This does not
-	// reach the environment block the kernel shows in /proc/PID/environ,
-	// which holds the variables the process started with: give the PIN in a
-	// file (PSTD_PKCS11_PIN_FILE) rather than in PSTD_PKCS11_PIN.
+	// (what child processes inherit) keep no copy of the PIN. The
+	// environment block the kernel shows in /proc/PID/environ never held it
+	// when the binary called ScrubEnvironment first (see secrets.go).
 	defer func() {
 		s.PKCS11PIN = ""
 		_ = os.Unsetenv("PSTD_PKCS11_PIN")
+		_ = os.Unsetenv("PSTD_PKCS11_URI")
 	}()
 	if s.PKCS11PIN != "" && os.Getenv("PSTD_PKCS11_PIN") == "" {
 		log.Warn("the PKCS#11 PIN was given as a command-line flag, which other local users can read (ps); use PSTD_PKCS11_PIN_FILE")
