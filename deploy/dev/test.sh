@@ -10,6 +10,7 @@
 #  3. Starts a throwaway PostgreSQL cluster, runs every Go test with the race
 #     detector against it (PSTD_TEST_REQUIRE=1: a missing dependency fails,
 #     it is never skipped).
+#     Then tools/perfplot's tests (its own module).
 #  4. A short fuzz pass.
 # Scratch state and clusters are removed on every exit, Ctrl-C included.
 #
@@ -118,6 +119,9 @@ set +a
 
 # shellcheck disable=SC2086 # PKGS may name several package patterns
 "$GO" test -count=1 -race -timeout 20m $PKGS
+# tools/perfplot (docs/PERFORMANCE.md's charts) is its own module, so that
+# gonum/plot's dependencies stay out of pstd's go.mod: test it apart.
+(cd tools/perfplot && "$GO" test -count=1 ./...)
 
 # The Kubernetes manifests' tests live in a module of their own
 # (deploy/kubernetes/go.mod), which ./... does not reach.
