@@ -219,7 +219,8 @@ func (s *Store) QueryAudit(ctx context.Context, f AuditFilter, fn func(AuditReco
 	rows, err := s.q(ctx).Query(ctx, `
 		SELECT seq, at, actor, action, subject, details::text FROM audit_log
 		WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
-		  AND ($3 = '' OR action = $3) AND ($4 = '' OR subject = $4) AND ($5 = '' OR actor = $5)
+		  AND ($3 = '' OR action = $3 OR (right($3, 2) = '.*' AND starts_with(action, left($3, -1))))
+		  AND ($4 = '' OR subject = $4) AND ($5 = '' OR actor = $5)
 		ORDER BY seq LIMIT $6`,
 		nullTime(f.From), nullTime(f.To), f.Action, f.Subject, f.Actor, limit)
 	if err != nil {

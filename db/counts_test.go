@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -192,5 +193,23 @@ func TestQueryAuditStreamsEverything(t *testing.T) {
 	count = 0
 	if err := s.QueryAudit(ctx, AuditFilter{Actor: "bulk", Limit: 7}, func(AuditRecord) error { count++; return nil }); err != nil || count != 7 {
 		t.Fatalf("with --limit 7: %d rows (%v)", count, err)
+	}
+}
+
+// --action key.* matches every key.… action and nothing else.
+func TestQueryAuditActionPrefix(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	for _, a := range []string{"key.create", "key.retire", "keys.other", "rr_key.create"} {
+		if _, err := s.AppendAudit(ctx, Event{Actor: "op", Action: a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	if err := s.QueryAudit(ctx, AuditFilter{Action: "key.*"}, func(r AuditRecord) error { got = append(got, r.Action); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "key.create,key.retire" {
+		t.Fatalf("key.* matched %v", got)
 	}
 }

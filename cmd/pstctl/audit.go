@@ -103,7 +103,7 @@ func auditQuery(name, usage, help, defaultFormat string, out io.Writer) *ffcli.C
 	var format string
 	c := cmd(name, usage, help, wiring.Database, func(fs *flag.FlagSet) {
 		p.register(fs)
-		fs.StringVar(&f.Action, "action", "", "only this action, e.g. key.retire or count.issuance")
+		fs.StringVar(&f.Action, "action", "", "only this action, e.g. key.retire or count.issuance; key.* for every key.… action")
 		fs.StringVar(&f.Subject, "subject", "", "only this subject, e.g. key:7")
 		fs.StringVar(&f.Actor, "actor", "", "only events by this actor (a filter: PSTD_ACTOR, who an operator is, does not set it)")
 		fs.Int64Var(&f.Limit, "limit", 0, "stop after this many rows (0: all)")
