@@ -77,3 +77,30 @@ func TestIssuanceMustBeEarned(t *testing.T) {
 		t.Fatalf("pstd on 0.0.0.0 without a policy: %v\n%s", err, out)
 	}
 }
+
+// TestRotationYouCanSee: pstctl keys list says which key signs and until
+// when it signs and redeems; keys plan lays out the next keys and warns
+// about a registration close to lapsing.
+func TestRotationYouCanSee(t *testing.T) {
+	s := newStackOn(t, testenv.NewDatabase(t), testenv.NewToken(t))
+	list := s.pstctl("keys", "list")
+	if !strings.Contains(list, "SIGNS UNTIL") || !strings.Contains(list, "REDEEMS UNTIL") || !strings.Contains(list, "yes") ||
+		!strings.Contains(list, "next rotation:") {
+		t.Fatalf("keys list:\n%s", list)
+	}
+	soon := time.Now().Add(5 * 24 * time.Hour).UTC().Format(time.DateOnly)
+	plan := s.pstctl("keys", "plan", "--days", "180", "--registration-expires", soon)
+	if !strings.Contains(plan, "(next)") || !strings.Contains(plan, "next rotation:") || !strings.Contains(plan, "registration lapses on "+soon) {
+		t.Fatalf("keys plan:\n%s", plan)
+	}
+	js := s.pstctl("keys", "plan", "--format", "json")
+	if !strings.Contains(js, `"next_rotation"`) || !strings.Contains(js, `"planned": true`) {
+		t.Fatalf("keys plan --format json:\n%s", js)
+	}
+	if got := s.metric("pstd_successor_key_published"); got != 0 {
+		t.Fatalf("pstd_successor_key_published = %v on a fresh key", got)
+	}
+	if s.metric("pstd_next_rotation_timestamp_seconds") < float64(time.Now().Add(50*24*time.Hour).Unix()) {
+		t.Fatal("pstd_next_rotation_timestamp_seconds is not ~60 days ahead")
+	}
+}
