@@ -58,6 +58,9 @@ func startReplicas(t *testing.T, n int) (string, []replica) {
 			t.Fatal(err)
 		}
 		t.Cleanup(svc.Close)
+		if err := svc.EnsureAuditKey(ctx); err != nil {
+			t.Fatal(err)
+		}
 		if i == 0 {
 			if _, err := svc.Rotate(ctx); err != nil {
 				t.Fatal(err)
