@@ -71,7 +71,9 @@ func startReplicas(t *testing.T, n int) (string, []replica) {
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		api := httpapi.New(httpapi.Config{IssuerOrigin: "https://issuer.example", SeparateAdmin: true, Registerer: reg, Gatherer: reg}, svc)
+		api := httpapi.New(httpapi.Config{IssuerOrigin: "https://issuer.example", SeparateAdmin: true, Registerer: reg, Gatherer: reg,
+			// One load client from one address on a loaded machine: no per-client share, and waits rather than 503s.
+			MaxIssuancePerClient: -1, MaxQueueWait: time.Minute}, svc)
 		if err := api.CheckReady(ctx); err != nil {
 			t.Fatalf("replica %d not ready: %v", i, err)
 		}
