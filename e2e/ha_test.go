@@ -475,7 +475,8 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 	a := prepareStack(t, dbURL, tok)
 	b := &stack{t: t, dbURL: dbURL, origin: a.origin}
 	b.listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	b.env = append(append([]string{}, a.env...), "PSTD_LISTEN="+b.listen)
+	b.env = append(append([]string{}, a.env...), "PSTD_LISTEN="+b.listen,
+		fmt.Sprintf("PSTD_DEMO_RP_LISTEN=127.0.0.1:%d", freePort(t))) // each replica its own demo listener
 	a.start()
 	b.start()
 	replicas := []*stack{a, b}
