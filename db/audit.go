@@ -213,13 +213,20 @@ func (s *Store) insertSigned(ctx context.Context, tx pgx.Tx, a *AuditSigner, e E
 // AuditEvents streams the audit log from event fromSeq on, oldest first, as
 // the readable fields package auditlog verifies.
 func (s *Store) AuditEvents(ctx context.Context, fromSeq int64, fn func(auditlog.Event) error) error {
-	rows, err := s.q(ctx).Query(ctx, `
-		SELECT seq, version, coalesce(event_id, ''), at, actor, action, subject, details::text,
-		       coalesce(key_id, ''), coalesce(sig, ''::bytea), prev_hash, hash
-		  FROM audit_log WHERE seq >= $1 ORDER BY seq`, fromSeq)
+	rows, err := s.q(ctx).Query(ctx, `SELECT `+auditEventColumns+` FROM audit_log WHERE seq >= $1 ORDER BY seq`, fromSeq)
 	if err != nil {
 		return wrap("reading the audit log", err)
 	}
+	return scanAuditEvents(rows, fn)
+}
+
+// auditEventColumns are what scanAuditEvents reads, in its order.
+const auditEventColumns = `seq, version, coalesce(event_id, ''), at, actor, action, subject, details::text,
+		       coalesce(key_id, ''), coalesce(sig, ''::bytea), prev_hash, hash`
+
+// scanAuditEvents hands each row of a query over auditEventColumns to fn as
+// the readable fields package auditlog verifies, and closes rows.
+func scanAuditEvents(rows pgx.Rows, fn func(auditlog.Event) error) error {
 	defer rows.Close()
 	for rows.Next() {
 		var e auditlog.Event

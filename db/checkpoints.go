@@ -196,25 +196,10 @@ func (s *Store) SignedKeyCreate(ctx context.Context, keyID uint32, afterSeq int6
 // AuditEventsWhere streams the events after afterSeq with this action and
 // subject.
 func (s *Store) AuditEventsWhere(ctx context.Context, afterSeq int64, action, subject string, fn func(auditlog.Event) error) error {
-	rows, err := s.q(ctx).Query(ctx, `
-		SELECT seq, version, coalesce(event_id, ''), at, actor, action, subject, details::text,
-		       coalesce(key_id, ''), coalesce(sig, ''::bytea), prev_hash, hash
-		  FROM audit_log WHERE seq > $1 AND action = $2 AND subject = $3 ORDER BY seq`, afterSeq, action, subject)
+	rows, err := s.q(ctx).Query(ctx, `SELECT `+auditEventColumns+` FROM audit_log
+		  WHERE seq > $1 AND action = $2 AND subject = $3 ORDER BY seq`, afterSeq, action, subject)
 	if err != nil {
 		return wrap("reading the audit log", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var e auditlog.Event
-		var details string
-		var version int16
-		if err := rows.Scan(&e.Seq, &version, &e.ID, &e.At, &e.Actor, &e.Action, &e.Subject, &details, &e.Key, &e.Sig, &e.PrevHash, &e.Hash); err != nil {
-			return wrap("reading the audit log", err)
-		}
-		e.Version, e.Details = int(version), json.RawMessage(details)
-		if err := fn(e); err != nil {
-			return err
-		}
-	}
-	return wrap("reading the audit log", rows.Err())
+	return scanAuditEvents(rows, fn)
 }

@@ -382,19 +382,9 @@ func (s *Service) Fence(ctx context.Context, actor, reason string) (uint32, []ui
 	var newKey uint32
 	var retired []uint32
 	err = s.operatorLocked(ctx, fmt.Sprintf("checkpoint:%d", ac.N), func(ctx context.Context) error {
-		epochs, err := s.store.KeyEpochs(ctx)
-		if err != nil {
-			return s.dbErr(err, "reading key epochs failed")
-		}
-		times := make([]KeyTimes, len(epochs))
-		for i, e := range epochs {
-			times[i] = epochTimes(e)
-		}
-		t, err := s.cfg.Policy.ForcedRotation(s.cfg.Clock.Now(), times, true)
-		if err != nil {
-			return err
-		}
-		if newKey, err = s.CreateKey(ctx, t, actor); err != nil {
+		var epochs []db.KeyEpoch
+		var err error
+		if newKey, epochs, err = s.forcedSuccessor(ctx, true, actor); err != nil {
 			return err
 		}
 		for _, e := range epochs {

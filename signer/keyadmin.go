@@ -223,24 +223,32 @@ func (s *Service) RetireKey(ctx context.Context, keyID uint32, actor string) err
 func (s *Service) ForceRotate(ctx context.Context, force bool, actor string) (uint32, error) {
 	var id uint32
 	err := s.operatorLocked(ctx, "keys", func(ctx context.Context) error {
-		epochs, err := s.store.KeyEpochs(ctx)
-		if err != nil {
-			return s.dbErr(err, "reading key epochs failed")
-		}
-		times := make([]KeyTimes, len(epochs))
-		for i, e := range epochs {
-			times[i] = epochTimes(e)
-		}
-		t, err := s.cfg.Policy.ForcedRotation(s.cfg.Clock.Now(), times, force)
-		if err != nil {
-			return err
-		}
-		if id, err = s.CreateKey(ctx, t, actor); err != nil {
+		var err error
+		if id, _, err = s.forcedSuccessor(ctx, force, actor); err != nil {
 			return err
 		}
 		return s.publish(ctx)
 	})
 	return id, err
+}
+
+// forcedSuccessor creates a key that signs from now, for a caller that holds
+// the rotation lock, and returns it with the epochs that were live before.
+func (s *Service) forcedSuccessor(ctx context.Context, force bool, actor string) (uint32, []db.KeyEpoch, error) {
+	epochs, err := s.store.KeyEpochs(ctx)
+	if err != nil {
+		return 0, nil, s.dbErr(err, "reading key epochs failed")
+	}
+	times := make([]KeyTimes, len(epochs))
+	for i, e := range epochs {
+		times[i] = epochTimes(e)
+	}
+	t, err := s.cfg.Policy.ForcedRotation(s.cfg.Clock.Now(), times, force)
+	if err != nil {
+		return 0, nil, err
+	}
+	id, err := s.CreateKey(ctx, t, actor)
+	return id, epochs, err
 }
 
 // publish writes a new commitment if the set of live keys differs from the

@@ -127,20 +127,12 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 			defer store.Close()
 			v, err := store.VerifyAuditChain(ctx)
 			v.TrustRoot = trustRoot
-			if err == nil && s.HSMConfigured() {
-				h, herr := wiring.OpenHSM(s, quietLogger())
-				if herr != nil {
-					return herr
-				}
-				defer h.Close()
-				vs, herr := h.ReadAnchor(ctx)
-				if herr != nil {
-					return herr
-				}
-				a, perr := newestAnchor(vs)
-				if perr != nil {
-					err = perr
-				} else if a != nil {
+			if err == nil {
+				a, aerr := hsmAnchor(ctx, s)
+				switch {
+				case aerr != nil:
+					err = aerr
+				case a != nil:
 					err = v.Anchor(*a, "the HSM's anchor")
 					anchors = append(anchors, "the HSM's anchor")
 				}
@@ -208,19 +200,8 @@ func evidenceCommands(out io.Writer) []*ffcli.Command {
 			if b.Keys, err = store.AuditKeys(ctx); err != nil {
 				return err
 			}
-			if s.HSMConfigured() {
-				h, err := wiring.OpenHSM(s, quietLogger())
-				if err != nil {
-					return err
-				}
-				defer h.Close()
-				vs, err := h.ReadAnchor(ctx)
-				if err != nil {
-					return err
-				}
-				if b.Anchor, err = newestAnchor(vs); err != nil {
-					return err
-				}
+			if b.Anchor, err = hsmAnchor(ctx, s); err != nil {
+				return err
 			}
 			w := out
 			if exportOut != "-" {
@@ -296,6 +277,24 @@ func fenceCommand(out io.Writer) *ffcli.Command {
 				return nil
 			})
 		})
+}
+
+// hsmAnchor reads the token's newest audit anchor, or nil when the settings
+// name no token or the token holds none.
+func hsmAnchor(ctx context.Context, s *wiring.Settings) (*auditlog.Signed, error) {
+	if !s.HSMConfigured() {
+		return nil, nil
+	}
+	h, err := wiring.OpenHSM(s, quietLogger())
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	vs, err := h.ReadAnchor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newestAnchor(vs)
 }
 
 // newestAnchor parses the token's anchor copies and returns the newest, or
