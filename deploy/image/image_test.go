@@ -8,7 +8,6 @@ package image_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -24,7 +23,6 @@ import (
 	"github.com/pstd/pstd/deploy/internal/pstclient"
 	"github.com/pstd/pstd/httpapi"
 	"github.com/pstd/pstd/internal/testenv"
-	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer/voprf"
 )
 
@@ -308,25 +306,9 @@ func TestImage(t *testing.T) {
 	idleRSS := kib(t, procStatus(t, pid, "VmRSS"))
 
 	client := pstclient.New(base)
-	keys, err := client.Commitment()
+	keys, toks, rec, err := client.RoundTrip(origin, "https://rp.example", 1)
 	if err != nil {
 		t.Fatal(err)
-	}
-	toks, err := client.Issue(keys, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := client.Redeem(toks[0], "https://rp.example")
-	if err != nil || r.Status != http.StatusOK || r.Token == "" {
-		t.Fatalf("redemption: %v, status %d, body %s", err, r.Status, r.Body)
-	}
-	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{origin: base + rp.JWKSPath}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := v.VerifyRecord(context.Background(), origin, r.Token)
-	if err != nil {
-		t.Fatalf("redemption record does not verify against the JWKS: %v", err)
 	}
 	if rec.RecordID == "" {
 		t.Fatal("redemption record without an id")

@@ -8,7 +8,6 @@ package systemd_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/pstd/pstd/deploy/internal/pstclient"
 	"github.com/pstd/pstd/internal/testenv"
-	"github.com/pstd/pstd/rp"
 )
 
 // ctr runs commands in one podman container.
@@ -303,25 +301,8 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 		t.Error("the PIN is in pstd's environment, or PSTD_PKCS11_PIN_FILE does not name the credential")
 	}
 
-	client := pstclient.New(base)
-	keys, err := client.Commitment()
-	if err != nil {
+	if _, _, _, err := pstclient.New(base).RoundTrip(origin, "https://rp.example", 2); err != nil {
 		t.Fatal(err)
-	}
-	toks, err := client.Issue(keys, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := client.Redeem(toks[0], "https://rp.example")
-	if err != nil || r.Status != http.StatusOK || r.Token == "" {
-		t.Fatalf("redemption: %v, status %d, %s", err, r.Status, r.Body)
-	}
-	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{origin: base + rp.JWKSPath}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.VerifyRecord(context.Background(), origin, r.Token); err != nil {
-		t.Fatalf("redemption record does not verify: %v", err)
 	}
 
 	// No secret in the journal.

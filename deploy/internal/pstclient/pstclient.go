@@ -5,6 +5,7 @@
 package pstclient
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pstd/pstd/httpapi"
+	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer/voprf"
 )
 
@@ -121,4 +123,35 @@ func (c *Client) Redeem(tok voprf.Token, origin string) (Result, error) {
 		return Result{}, err
 	}
 	return c.pst(httpapi.PathRedemption, base64.StdEncoding.EncodeToString(raw))
+}
+
+// RoundTrip is what a deployment test proves first: it fetches the
+// commitment, gets n tokens issued, redeems the first as redeemer, and
+// verifies the record against the issuer's JWKS (issuer is the origin the
+// records name). It returns the keys and tokens for further use.
+func (c *Client) RoundTrip(issuer, redeemer string, n int) (map[uint32]*voprf.PublicKey, []voprf.Token, rp.Record, error) {
+	keys, err := c.Commitment()
+	if err != nil {
+		return nil, nil, rp.Record{}, err
+	}
+	toks, err := c.Issue(keys, n)
+	if err != nil {
+		return nil, nil, rp.Record{}, err
+	}
+	r, err := c.Redeem(toks[0], redeemer)
+	if err != nil {
+		return nil, nil, rp.Record{}, err
+	}
+	if r.Status != http.StatusOK || r.Token == "" {
+		return nil, nil, rp.Record{}, fmt.Errorf("redemption: status %d, %s", r.Status, r.Body)
+	}
+	v, err := rp.NewVerifier(rp.Config{Issuers: map[string]string{issuer: c.Base + rp.JWKSPath}})
+	if err != nil {
+		return nil, nil, rp.Record{}, err
+	}
+	rec, err := v.VerifyRecord(context.Background(), issuer, r.Token)
+	if err != nil {
+		return nil, nil, rp.Record{}, fmt.Errorf("the redemption record does not verify against the JWKS: %w", err)
+	}
+	return keys, toks, rec, nil
 }
