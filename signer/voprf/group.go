@@ -186,7 +186,9 @@ func randomScalar(rand io.Reader) ([ScalarSize]byte, error) {
 		if err != nil {
 			continue // ≥ n; probability about 2^-190
 		}
-		if n.IsZero() == 1 {
+		zero := n.IsZero() == 1
+		n.SetUint(0)
+		if zero {
 			continue
 		}
 		return b, nil

@@ -37,7 +37,7 @@ func (sk *PrivateKey) Issue(req *IssueRequest, max int, rand io.Reader) ([]byte,
 }
 
 func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]byte, int, error) {
-	if sk.wiped {
+	if sk.wiped.Load() {
 		return nil, 0, errWiped
 	}
 	if max < 1 {
@@ -128,9 +128,17 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 	if err != nil {
 		return nil, 0, fmt.Errorf("proof nonce out of range: %w", err)
 	}
-	cN.Mul(sk.kNat, orderN)
+	// k as a big number only for this product, zeroed at once: the key
+	// keeps no copy of k outside protected memory.
+	kN, err := bigmod.NewNat().SetBytes(sk.k[:], orderN)
+	if err != nil {
+		return nil, 0, fmt.Errorf("issuer scalar out of range: %w", err)
+	}
+	cN.Mul(kN, orderN)
+	kN.SetUint(0)
 	s := rN.Sub(cN, orderN).Bytes(orderN)
 	rN.SetUint(0)
+	cN.SetUint(0)
 
 	off := 6 + n*ElementSize
 	binary.BigEndian.PutUint16(out[off:], ProofSize)
@@ -142,7 +150,7 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 
 // Evaluate computes k·H(nonce), the W of a valid token for this key.
 func (sk *PrivateKey) evaluateNonce(nonce []byte) ([]byte, error) {
-	if sk.wiped {
+	if sk.wiped.Load() {
 		return nil, errWiped
 	}
 	h := hashToGroup(nonce)

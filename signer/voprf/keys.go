@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"filippo.io/bigmod"
 
+	"github.com/pstd/pstd/internal/secmem"
 	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
@@ -18,15 +20,19 @@ type PublicKey struct {
 	comp  [CompressedSize]byte
 }
 
-// PrivateKey is an issuer's secret scalar k with its public key. Its memory
-// holds k in the clear: call Wipe when the key is retired or the process
-// shuts down.
+// PrivateKey is an issuer's secret scalar k with its public key. k is the
+// one copy of the scalar the key keeps, in memory from package secmem:
+// outside the Go heap, left out of core dumps and locked against swapping.
+// Nothing else the key holds (no big-number form, no table) is derived from
+// k; arithmetic that needs one builds it for the call and zeroes it. Call
+// Wipe when the key is retired or the process shuts down: it zeroes k and
+// gives its memory back.
 type PrivateKey struct {
 	pub   PublicKey
-	k     [ScalarSize]byte // big-endian, in [1, n-1]
-	kNat  *bigmod.Nat
-	seed  [48]byte // SHA-384 seed of the composite weights; depends on pkS only
-	wiped bool
+	k     *[ScalarSize]byte // big-endian, in [1, n-1]; secmem memory
+	mem   []byte            // what secmem.New returned, for Free
+	seed  [48]byte          // SHA-384 seed of the composite weights; depends on pkS only
+	wiped atomic.Bool
 }
 
 func newPublicKey(keyID uint32, p *p384.Point) (*PublicKey, error) {
@@ -44,18 +50,28 @@ func NewPrivateKey(keyID uint32, k []byte) (*PrivateKey, error) {
 	if len(k) != ScalarSize {
 		return nil, newError(Malformed, "private scalar is not 48 bytes")
 	}
-	kn, err := bigmod.NewNat().SetBytes(k, orderN)
-	if err != nil || kn.IsZero() == 1 {
+	if !scalarInRange(k) {
 		return nil, newError(Malformed, "private scalar is not in [1, n-1]")
 	}
-	sk := &PrivateKey{kNat: kn}
-	copy(sk.k[:], k)
+	mem, err := secmem.Clone(k)
+	if err != nil {
+		return nil, err
+	}
+	return newPrivateKey(keyID, mem)
+}
+
+// newPrivateKey takes ownership of mem, 48 bytes from secmem holding a
+// scalar in [1, n-1], and frees it on failure.
+func newPrivateKey(keyID uint32, mem []byte) (*PrivateKey, error) {
+	sk := &PrivateKey{k: (*[ScalarSize]byte)(mem), mem: mem}
 	p, err := p384.NewPoint().ScalarBaseMult(sk.k[:])
 	if err != nil {
+		sk.Wipe()
 		return nil, fmt.Errorf("scalar base multiplication failed: %w", err)
 	}
 	pub, err := newPublicKey(keyID, p)
 	if err != nil {
+		sk.Wipe()
 		return nil, err
 	}
 	sk.pub = *pub
@@ -63,15 +79,36 @@ func NewPrivateKey(keyID uint32, k []byte) (*PrivateKey, error) {
 	return sk, nil
 }
 
+// scalarInRange reports whether the 48 big-endian bytes k are in [1, n-1],
+// leaving no copy of k behind.
+func scalarInRange(k []byte) bool {
+	kn, err := bigmod.NewNat().SetBytes(k, orderN)
+	if err != nil {
+		return false
+	}
+	ok := kn.IsZero() == 0
+	kn.SetUint(0)
+	return ok
+}
+
 // GenerateKey makes a new private key with a scalar uniform in [1, n-1] drawn
-// from rand (the HSM's RNG in production).
+// from rand (the HSM's RNG in production) straight into protected memory.
 func GenerateKey(keyID uint32, rand io.Reader) (*PrivateKey, error) {
-	k, err := randomScalar(rand)
+	mem, err := secmem.New(ScalarSize)
 	if err != nil {
 		return nil, err
 	}
-	defer wipe(k[:])
-	return NewPrivateKey(keyID, k[:])
+	for range 128 {
+		if _, err := io.ReadFull(rand, mem); err != nil {
+			secmem.Free(mem)
+			return nil, err
+		}
+		if scalarInRange(mem) { // ≥ n or 0: probability about 2^-190
+			return newPrivateKey(keyID, mem)
+		}
+	}
+	secmem.Free(mem)
+	return nil, errBadRandom
 }
 
 // Public returns the key's public half.
@@ -88,13 +125,13 @@ func (sk *PrivateKey) Scalar() []byte {
 	return out
 }
 
-// Wipe overwrites k in memory. The key is unusable afterwards.
+// Wipe zeroes k and gives its memory back. The key is unusable afterwards
+// (KeyWiped); Wipe it only when no request can still be using it.
 func (sk *PrivateKey) Wipe() {
-	wipe(sk.k[:])
-	if sk.kNat != nil {
-		sk.kNat.SetUint(0)
+	if sk.wiped.Swap(true) {
+		return
 	}
-	sk.wiped = true
+	secmem.Free(sk.mem)
 }
 
 func wipe(b []byte) {
