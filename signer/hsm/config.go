@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,9 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"unsafe"
+
+	"github.com/pstd/pstd/internal/secmem"
 )
 
 // Config says which token to use and how to log in.
@@ -93,6 +97,10 @@ func checkPINFileMode(f *os.File, path string) error {
 	return nil
 }
 
+// readPINFile reads the PIN into protected memory (package secmem: out of
+// core dumps, locked against swap) and returns it as a string over that
+// memory, so no copy of it lands on the Go heap. The memory is never given
+// back: the string may live as long as the process.
 func readPINFile(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -102,21 +110,29 @@ func readPINFile(path string) (string, error) {
 	if err := checkPINFileMode(f, path); err != nil {
 		return "", err
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxPINFile+1))
-	defer Wipe(b)
+	b, err := secmem.New(maxPINFile)
 	if err != nil {
+		return "", err
+	}
+	n, err := io.ReadFull(f, b)
+	switch {
+	case err == nil:
+		var one [1]byte
+		if m, _ := f.Read(one[:]); m > 0 {
+			secmem.Free(b)
+			return "", fmt.Errorf("hsm: PIN file %s is larger than %d bytes", path, maxPINFile)
+		}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+	default:
+		secmem.Free(b)
 		return "", fmt.Errorf("hsm: reading PIN file %s: %w", path, err)
 	}
-	if len(b) > maxPINFile {
-		return "", fmt.Errorf("hsm: PIN file %s is larger than %d bytes", path, maxPINFile)
-	}
-	s := string(b)
-	s = strings.TrimSuffix(s, "\n")
-	s = strings.TrimSuffix(s, "\r")
-	if s == "" {
+	pin := bytes.TrimSuffix(bytes.TrimSuffix(b[:n], []byte("\n")), []byte("\r"))
+	if len(pin) == 0 {
+		secmem.Free(b)
 		return "", fmt.Errorf("%w: PIN file %s is empty", ErrNoPIN, path)
 	}
-	return s, nil
+	return unsafe.String(&pin[0], len(pin)), nil
 }
 
 // URI is a parsed RFC 7512 PKCS#11 URI naming a token, e.g.

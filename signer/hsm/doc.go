@@ -32,8 +32,10 @@
 //     the keys. They get sealed blobs, public keys, redemption hashes and
 //     the audit log. Opening a sealed blob needs the KEK, which never leaves
 //     the token. They cannot mint tokens or sign records.
-//   - With the database and the host's memory (root on a running pstd, a
-//     core dump, swap): the VOPRF keys currently loaded, in the clear. They
+//   - With the database and the host's memory (root reading a running
+//     pstd's memory): the VOPRF keys currently loaded, in the clear. (A core
+//     dump or swap does not hold them: they live in memory left out of
+//     dumps and locked against swap.) They
 //     can mint tokens for those keys until the keys rotate out; rotate at
 //     once after such a compromise. They still do not get the KEK or the
 //     RR key, so they cannot sign records once they lose the host, and they
@@ -47,9 +49,12 @@
 //
 // Secrets never appear in errors or logs: the PIN is never formatted (Config
 // and URI redact it), the plaintext of Seal/Unseal is never logged, and Wipe
-// clears buffers. Copies outside Go's reach exist and are out of scope:
-// miekg/pkcs11 returns C_Decrypt's output through a C buffer that it frees
-// without clearing, and SoftHSM2 itself holds the token in memory.
+// clears buffers. The PIN is kept in protected memory (internal/secmem: out
+// of core dumps, locked against swap), and the three calls whose bytes are
+// secret, C_Login, C_Decrypt and C_GenerateRandom, go to the module with
+// pstd's own buffers (p11raw.go) rather than through miekg/pkcs11, which
+// would copy them into C memory it frees uncleared. What the module keeps in
+// its own memory (SoftHSM2 holds the token) is out of pstd's reach.
 //
 // # Start-up and failures
 //

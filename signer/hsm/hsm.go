@@ -8,6 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
+
+	"github.com/pstd/pstd/internal/secmem"
 )
 
 // HSM is a logged-in connection to one PKCS#11 token. It is safe for
@@ -77,7 +80,13 @@ func open(cfg Config, dial dialFunc) (*HSM, error) {
 	case cfg.PIN == "":
 		return nil, ErrNoPIN
 	}
-	h := &HSM{pin: []byte(cfg.PIN), dial: dial, log: cfg.Logger}
+	// The PIN lives in protected memory (out of core dumps, locked against
+	// swap), copied there without a stop on the Go heap.
+	pin, err := secmem.Clone(unsafe.Slice(unsafe.StringData(cfg.PIN), len(cfg.PIN)))
+	if err != nil {
+		return nil, fmt.Errorf("hsm: %w", err)
+	}
+	h := &HSM{pin: pin, dial: dial, log: cfg.Logger}
 	cfg.PIN = ""
 	h.cfg = cfg
 	if h.log == nil {
@@ -96,7 +105,7 @@ func open(cfg Config, dial dialFunc) (*HSM, error) {
 		b, err = dial(h.cfg, h.pin)
 	}
 	if err != nil {
-		Wipe(h.pin)
+		secmem.Free(h.pin)
 		return nil, err
 	}
 	h.lastGen = 1
@@ -113,7 +122,8 @@ func (h *HSM) Close() error {
 		return nil
 	}
 	h.closed = true
-	Wipe(h.pin)
+	secmem.Free(h.pin)
+	h.pin = nil
 	if h.cur == nil {
 		return nil
 	}

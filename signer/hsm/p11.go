@@ -15,6 +15,7 @@ import (
 
 	"github.com/ThalesIgnite/crypto11"
 	"github.com/miekg/pkcs11"
+	"github.com/pstd/pstd/internal/secmem"
 )
 
 // libState tracks, per module path, the crypto11 contexts this package holds
@@ -54,26 +55,39 @@ var pinMAC = func() []byte {
 	return k
 }()
 
-func pinVerifier(k tokenKey, pin []byte) [32]byte {
+// pinVerifier is HMAC-SHA-256(pinMAC, module || 0 || label || 0 || pin ||
+// zero padding). The message is built in protected memory and padded to
+// whole SHA-256 blocks, so the hash consumes it in place and never copies
+// PIN bytes into its buffer on the Go heap.
+func pinVerifier(k tokenKey, pin []byte) ([32]byte, error) {
+	const block = sha256.BlockSize
+	n := (len(k.module) + len(k.label) + 2 + len(pin) + block) / block * block
+	msg, err := secmem.New(n)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer secmem.Free(msg)
+	i := copy(msg, k.module) + 1
+	i += copy(msg[i:], k.label) + 1
+	i += copy(msg[i:], pin)
+	msg[n-1] = byte(n - i) // the padding's length, so distinct PINs stay distinct
 	m := hmac.New(sha256.New, pinMAC)
-	m.Write([]byte(k.module))
-	m.Write([]byte{0})
-	m.Write([]byte(k.label))
-	m.Write([]byte{0})
-	m.Write(pin)
+	m.Write(msg)
 	var v [32]byte
 	copy(v[:], m.Sum(nil))
-	return v
+	return v, nil
 }
 
 // p11conn is the real backend: crypto11 for the session pool, ECDSA and the
-// RNG; miekg/pkcs11 directly for login, the KEK and AES-GCM (crypto11 lets
+// RNG of Ping; raw calls (p11raw.go) for login, unsealing and key-scalar
+// randomness; miekg/pkcs11 directly for the KEK and AES-GCM (crypto11 lets
 // the token choose nothing here, but its AEAD panics on errors, flattens
 // PKCS#11 return values into strings and defaults to 16-byte IVs).
 type p11conn struct {
 	key  tokenKey
 	c11  *crypto11.Context
 	p    *pkcs11.Ctx
+	raw  rawFuncs // C_Login, C_Decrypt and C_GenerateRandom on our buffers
 	slot uint
 	rng  io.Reader
 
@@ -161,6 +175,11 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 		return nil, fmt.Errorf("%w: token %q is not initialised (no user PIN)", ErrNoToken, cfg.TokenLabel)
 	}
 
+	raw, err := loadRawFuncs(path)
+	if err != nil {
+		return nil, beforeLogin{err}
+	}
+
 	sess, err := p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, beforeLogin{fmt.Errorf("hsm: opening a session on token %q: %w", cfg.TokenLabel, err)}
@@ -172,10 +191,13 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 	}()
 
 	key := tokenKey{path, cfg.TokenLabel}
-	verifier := pinVerifier(key, pin)
+	verifier, err := pinVerifier(key, pin)
+	if err != nil {
+		return nil, err
+	}
 	// Exactly one C_Login per dial, never retried: a wrong PIN must not
 	// count down the token's retry counter more than once.
-	lerr := p.Login(sess, pkcs11.CKU_USER, string(pin))
+	lerr := raw.login(sess, pin)
 	if code, ok := p11Code(lerr); ok && code == pkcs11.CKR_USER_ALREADY_LOGGED_IN {
 		e := libState.logins[key]
 		if e == nil {
@@ -218,7 +240,7 @@ func dialP11(cfg Config, pin []byte) (_ backend, err error) {
 	} else {
 		libState.logins[key] = &loginEntry{verifier: verifier, n: 1}
 	}
-	return &p11conn{key: key, c11: c11, p: p, slot: slot, rng: rng, sess: sess}, nil
+	return &p11conn{key: key, c11: c11, p: p, raw: raw, slot: slot, rng: rng, sess: sess}, nil
 }
 
 // findSlot returns the one slot whose token carries label.
@@ -436,10 +458,13 @@ func (c *p11conn) gcmDecrypt(h objHandle, iv, aad, sealed []byte) ([]byte, error
 		if err := c.p.DecryptInit(s, mech, pkcs11.ObjectHandle(h)); err != nil {
 			return fmt.Errorf("C_DecryptInit: %w", err)
 		}
-		var err error
-		if out, err = c.p.Decrypt(s, sealed); err != nil {
+		buf := make([]byte, len(sealed))
+		pt, err := c.raw.decrypt(s, sealed, buf)
+		if err != nil {
+			Wipe(buf)
 			return fmt.Errorf("C_Decrypt: %w", err)
 		}
+		out = pt
 		return nil
 	})
 	return out, err
@@ -606,9 +631,14 @@ func (c *p11conn) writeDataOnce(label string, value []byte) error {
 	})
 }
 
+// random reads n bytes of the token's RNG straight into Go memory the
+// caller owns (key scalars are drawn from it).
 func (c *p11conn) random(n int) ([]byte, error) {
 	b := make([]byte, n)
-	if _, err := io.ReadFull(c.rng, b); err != nil {
+	err := c.withSession(func(s pkcs11.SessionHandle) error {
+		return c.raw.generateRandom(s, b)
+	})
+	if err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -625,6 +655,7 @@ func (c *p11conn) ping() error {
 		return errSessionLost
 	}
 	// Exercise a pooled session too: they are the ones requests use.
-	_, err = c.random(1)
+	var one [1]byte
+	_, err = io.ReadFull(c.rng, one[:])
 	return err
 }
