@@ -7,6 +7,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/url"
@@ -24,7 +25,8 @@ import (
 // environment (PSTD_PKCS11_PIN, a PSTD_DATABASE_URL with a password),
 // the way the review found them leaking. The throwaway cluster trusts
 // local connections, so the password is carried but not needed.
-func secretStack(t *testing.T) (s *stack, pin, password string) {
+// With pinFile, the PIN comes from the stack's PIN file instead.
+func secretStack(t *testing.T, pinFile bool) (s *stack, pin, password string) {
 	t.Helper()
 	tok := testenv.NewToken(t)
 	s = prepareStack(t, testenv.NewDatabase(t), tok)
@@ -38,11 +40,14 @@ func secretStack(t *testing.T) (s *stack, pin, password string) {
 	u.User = url.UserPassword(u.User.Username(), password)
 	var env []string
 	for _, kv := range s.env {
-		if !strings.HasPrefix(kv, "PSTD_PKCS11_PIN_FILE=") && !strings.HasPrefix(kv, "PSTD_DATABASE_URL=") {
+		if (pinFile || !strings.HasPrefix(kv, "PSTD_PKCS11_PIN_FILE=")) && !strings.HasPrefix(kv, "PSTD_DATABASE_URL=") {
 			env = append(env, kv)
 		}
 	}
-	s.env = append(env, "PSTD_PKCS11_PIN="+tok.PIN, "PSTD_DATABASE_URL="+u.String())
+	s.env = append(env, "PSTD_DATABASE_URL="+u.String())
+	if !pinFile {
+		s.env = append(s.env, "PSTD_PKCS11_PIN="+tok.PIN)
+	}
 	return s, tok.PIN, password
 }
 
@@ -50,7 +55,7 @@ func secretStack(t *testing.T) (s *stack, pin, password string) {
 // pstd's environment at start, neither is in /proc/PID/environ (nor
 // cmdline) of the running server, while the other variables are.
 func TestSecretsNotInProcEnviron(t *testing.T) {
-	s, pin, password := secretStack(t)
+	s, pin, password := secretStack(t, false)
 	s.launchWith(nil, "")
 	s.waitReady(30 * time.Second)
 	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", s.pid()))
@@ -87,13 +92,18 @@ func TestSecretsNotInProcEnviron(t *testing.T) {
 // crash starts pstd (extra args) in dir with core dumps enabled by the
 // shell (ulimit -c unlimited) and GOTRACEBACK=crash, waits until it is
 // ready, aborts it with SIGABRT and returns the core files left in dir.
-func crash(t *testing.T, s *stack, dir string, args ...string) []string {
+func crash(t *testing.T, s *stack, dir string, args ...string) (cores []string, keyIDs map[uint32]bool) {
 	t.Helper()
 	s.env = append(s.env, "GOTRACEBACK=crash")
 	s.launchWith([]string{"sh", "-c", `ulimit -c unlimited && exec "$@"`, "sh"}, dir, args...)
 	s.waitReady(30 * time.Second)
-	if len(s.issueTokens(10)) != 10 { // keys and PIN in use
+	toks := s.issueTokens(10) // keys and PIN in use
+	if len(toks) != 10 {
 		t.Fatal("no tokens")
+	}
+	keyIDs = map[uint32]bool{}
+	for _, tok := range toks {
+		keyIDs[tok.KeyID] = true
 	}
 	if err := s.cmd.Process.Signal(syscall.SIGABRT); err != nil {
 		t.Fatal(err)
@@ -108,15 +118,14 @@ func crash(t *testing.T, s *stack, dir string, args ...string) []string {
 		t.Fatalf("pstd ended with %v, not SIGABRT", s.cmd.ProcessState)
 	}
 	s.cmd = nil
-	cores, _ := filepath.Glob(filepath.Join(dir, "core*"))
-	return cores
+	cores, _ = filepath.Glob(filepath.Join(dir, "core*"))
+	return cores, keyIDs
 }
 
-// TestCrashWritesNoCore: a crashed pstd leaves no core (so no PIN, no
-// scalar), although the shell allowed cores; the control run with
-// --allow-core-dumps shows that the same crash would otherwise have left
-// one holding the PIN.
-func TestCrashWritesNoCore(t *testing.T) {
+// cores a crash leaves must land in the crashed process's working
+// directory for these tests to see them.
+func skipUnlessCoresInWorkingDir(t *testing.T) {
+	t.Helper()
 	pattern, err := os.ReadFile("/proc/sys/kernel/core_pattern")
 	if err != nil {
 		t.Fatal(err)
@@ -126,30 +135,92 @@ func TestCrashWritesNoCore(t *testing.T) {
 		// the cores would not land where this test can see them.
 		t.Skipf("core_pattern %q does not write cores into the working directory", p)
 	}
+}
 
-	s, pin, password := secretStack(t)
-	dir := t.TempDir()
-	if cores := crash(t, s, dir); len(cores) != 0 {
-		t.Fatalf("a crashed pstd left a core: %v", cores)
-	}
+const importedKeyID = 4242
 
-	// Control: with dumps allowed, the same crash leaves a core, and the
-	// PIN is in it — so the check above could have failed.
-	ctlDir := t.TempDir()
-	cores := crash(t, s, ctlDir, "--allow-core-dumps")
-	if len(cores) == 0 {
-		t.Fatal("control: no core even with --allow-core-dumps; the test proves nothing here")
-	}
-	core, err := os.ReadFile(cores[0])
-	if err != nil {
+// importKnownKey imports a VOPRF key whose scalar the test chose, as the
+// signing key, and returns the scalar.
+func importKnownKey(t *testing.T, s *stack) []byte {
+	t.Helper()
+	blob := make([]byte, 4+48)
+	binary.BigEndian.PutUint32(blob, importedKeyID)
+	if _, err := rand.Read(blob[4:]); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("control core %s: %d bytes; holds PIN %v, database password %v", filepath.Base(cores[0]), len(core),
-		bytes.Contains(core, []byte(pin)), bytes.Contains(core, []byte(password)))
-	if !bytes.Contains(core, []byte(pin)) {
-		t.Error("control: the PIN is not in the core; the search would not find it")
+	blob[4] = 0x01 | blob[4]&0x7f // below the group order, and not zero
+	f := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(f, blob, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range cores {
-		os.Remove(c)
+	if out := s.pstctl("keys", "import", "--file", f); !strings.Contains(out, fmt.Sprintf("imported key %d", importedKeyID)) {
+		t.Fatalf("keys import: %s", out)
+	}
+	return blob[4:]
+}
+
+// scalarForms are the byte strings an attacker with a core looks for to
+// find scalar k (48 bytes big-endian): k itself, k reversed, and k as the
+// little-endian 64-bit limbs big-number code keeps.
+func scalarForms(k []byte) map[string][]byte {
+	rev := make([]byte, len(k))
+	for i := range k {
+		rev[i] = k[len(k)-1-i]
+	}
+	limbs := make([]byte, 0, len(k))
+	for i := len(k); i > 0; i -= 8 {
+		limbs = append(limbs, rev[len(k)-i:len(k)-i+8]...)
+	}
+	return map[string][]byte{"big-endian": k, "reversed": rev, "64-bit limbs": limbs}
+}
+
+// TestCrashWritesNoCore: a crashed pstd leaves no core (so no PIN, no
+// scalar), although the shell allowed cores. And even with
+// --allow-core-dumps, when the same crash leaves a core, the core holds
+// neither the PIN (given in the environment) nor, in any of the forms code
+// keeps it, the scalar of the key pstd signs with: both live only in memory
+// the kernel leaves out of dumps. The database password, which pgx keeps
+// in ordinary memory, is in that core: the control that shows the search
+// finds a secret that is there.
+func TestCrashWritesNoCore(t *testing.T) {
+	skipUnlessCoresInWorkingDir(t)
+	for _, pinFrom := range []string{"environment", "file"} {
+		t.Run("PIN from "+pinFrom, func(t *testing.T) {
+			s, pin, password := secretStack(t, pinFrom == "file")
+			scalar := importKnownKey(t, s)
+			dir := t.TempDir()
+			if cores, _ := crash(t, s, dir); len(cores) != 0 {
+				t.Fatalf("a crashed pstd left a core: %v", cores)
+			}
+
+			cores, keyIDs := crash(t, s, t.TempDir(), "--allow-core-dumps")
+			if len(cores) == 0 {
+				t.Fatal("no core even with --allow-core-dumps; the test proves nothing here")
+			}
+			if !keyIDs[importedKeyID] {
+				t.Fatalf("pstd issued with keys %v, not the imported key %d", keyIDs, importedKeyID)
+			}
+			defer func() {
+				for _, c := range cores {
+					os.Remove(c)
+				}
+			}()
+			core, err := os.ReadFile(cores[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("core with --allow-core-dumps: %d bytes", len(core))
+			if !bytes.Contains(core, []byte(password)) {
+				t.Error("control: the database password is not in the core; the search would not find a secret")
+			}
+			if i := bytes.Index(core, []byte(pin)); i >= 0 {
+				t.Errorf("the core holds the PIN (at offset %d)", i)
+			}
+			for form, b := range scalarForms(scalar) {
+				if i := bytes.Index(core, b); i >= 0 {
+					t.Errorf("the core holds the signing key's scalar (%s, at offset %d)", form, i)
+				}
+			}
+		})
 	}
 }

@@ -30,6 +30,18 @@ import (
 )
 
 func main() {
+	// As pstd does, before anything else: the PIN and database password
+	// leave the kernel's copy of the environment (a re-execution), and the
+	// process stops being dumpable (pstctl holds the PIN and, for keys
+	// init/rotate/import, a plaintext scalar).
+	if err := wiring.ScrubEnvironment(); err != nil {
+		fmt.Fprintln(os.Stderr, "pstctl:", err)
+		os.Exit(1)
+	}
+	if err := wiring.Protect(); err != nil {
+		fmt.Fprintln(os.Stderr, "pstctl:", err)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	os.Exit(cli.Run(ctx, root(os.Stdout), os.Args[1:], os.Stderr))

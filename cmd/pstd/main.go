@@ -32,6 +32,7 @@ import (
 	"github.com/pstd/pstd/demo"
 	"github.com/pstd/pstd/httpapi"
 	"github.com/pstd/pstd/internal/cli"
+	"github.com/pstd/pstd/internal/secmem"
 	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer"
@@ -121,7 +122,7 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		if err := wiring.AllowCoreDumps(); err != nil {
 			return err
 		}
-		log.Warn("core dumps allowed (--allow-core-dumps): a core of this process holds the PIN and the keys")
+		log.Warn("core dumps allowed (--allow-core-dumps): a core of this process holds the database password and requests in flight")
 	}
 	for _, w := range s.Warnings(fs, os.Environ()) {
 		log.Warn(w)
@@ -139,6 +140,9 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	}
 	defer a.Close()
 
+	if n := secmem.Unlocked(); n > 0 {
+		log.Warn("the kernel refused to lock the memory that holds the PIN and the keys (RLIMIT_MEMLOCK): it stays out of core dumps but may be swapped; allow pstd to lock a few pages (systemd LimitMEMLOCK=, ulimit -l)", "unlocked_pages", n)
+	}
 	if n, err := a.Store.AsyncStandbys(ctx); err == nil && n > 0 {
 		log.Warn("PostgreSQL streams to standbys without synchronous_standby_names: a failover can lose committed redemptions, and their tokens would redeem again; configure a synchronous standby", "standbys", n)
 	}

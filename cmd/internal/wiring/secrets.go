@@ -1,8 +1,9 @@
 package wiring
 
 import (
-	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pstd/pstd/internal/secmem"
 )
 
 // Secrets out of the process image.
@@ -26,7 +30,8 @@ import (
 // The new image reads them back into the runtime's copy of the
 // environment only (where the settings are parsed from, and from where
 // they are removed once used), closes the memfd, and goes on: its
-// /proc/PID/environ never held them.
+// /proc/PID/environ never held them. The PIN does not go into the
+// runtime's environment either but into protected memory (restoreSecrets).
 //
 // Protect also stops the kernel writing a core dump of the process
 // (PR_SET_DUMPABLE 0, which also stops other processes of the same user
@@ -45,9 +50,6 @@ const secretsFDVar = "PSTD_SECRETS_FD"
 // memfdName is the memfd's name, which the new image checks before it
 // trusts the descriptor.
 const memfdName = "pstd-secrets"
-
-// maxSecrets bounds what the new image reads from the memfd.
-const maxSecrets = 1 << 20
 
 func isSecretVariable(name string) bool {
 	for _, s := range SecretVariables {
@@ -100,7 +102,11 @@ func ScrubEnvironment() error {
 }
 
 // restoreSecrets reads the variables from the memfd named by fdText into
-// the runtime's environment and closes it.
+// the runtime's environment and closes it. The PIN is the exception: Go's
+// environment keeps strings on the heap, and with cgo libc keeps another
+// copy that it never frees, so the PIN goes into protected memory (package
+// secmem) and the environment gets a placeholder that resolvePIN turns back
+// into it. The memfd's bytes are read into protected memory too.
 func restoreSecrets(fdText string) error {
 	fd, err := strconv.Atoi(fdText)
 	if err != nil || fd < 3 {
@@ -112,37 +118,74 @@ func restoreSecrets(fdText string) error {
 	}
 	f := os.NewFile(uintptr(fd), memfdName)
 	defer f.Close()
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
+	buf, err := secmem.New(secmem.MaxSize)
+	if err != nil {
+		return err
+	}
+	defer secmem.Free(buf)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("reading the secrets memfd: %w", err)
 	}
-	var buf bytes.Buffer
-	defer wipeBuffer(&buf)
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxSecrets)); err != nil {
-		return fmt.Errorf("reading the secrets memfd: %w", err)
+	if n == len(buf) {
+		return fmt.Errorf("the secret variables take more than %d bytes", secmem.MaxSize)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(buf.Bytes()))
-	sc.Buffer(make([]byte, 0, 4096), maxSecrets)
-	sc.Split(splitNUL)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), "=")
-		if !ok || !isSecretVariable(name) {
+	for rest := buf[:n]; len(rest) > 0; {
+		var kv []byte
+		kv, rest, _ = bytes.Cut(rest, []byte{0})
+		name, value, ok := bytes.Cut(kv, []byte("="))
+		if !ok || !isSecretVariable(string(name)) {
 			return errors.New("the secrets memfd holds something other than pstd's secret variables")
 		}
-		if err := os.Setenv(name, value); err != nil {
+		if string(name) == pinVariable {
+			if err := holdPIN(value); err != nil {
+				return err
+			}
+			value = []byte(pinPlaceholder)
+		}
+		if err := os.Setenv(string(name), string(value)); err != nil {
 			return err
 		}
 	}
-	return sc.Err()
+	return nil
 }
 
-func splitNUL(data []byte, atEOF bool) (int, []byte, error) {
-	if i := bytes.IndexByte(data, 0); i >= 0 {
-		return i + 1, data[:i], nil
+// pinVariable is the PIN's environment variable.
+const pinVariable = "PSTD_PKCS11_PIN"
+
+// pinPlaceholder stands in the environment for a PIN held in protected
+// memory; it is random so that no real PIN can equal it.
+var pinPlaceholder = func() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
 	}
-	if atEOF && len(data) > 0 {
-		return len(data), data, nil
+	return "pstd-protected-pin:" + hex.EncodeToString(b[:])
+}()
+
+// heldPIN is the PIN restoreSecrets moved to protected memory, as a string
+// over that memory (never given back: the string lives on in hsm.Config).
+var heldPIN string
+
+func holdPIN(value []byte) error {
+	if len(value) == 0 {
+		return nil
 	}
-	return 0, nil, nil
+	mem, err := secmem.Clone(value)
+	if err != nil {
+		return err
+	}
+	heldPIN = unsafe.String(&mem[0], len(mem))
+	return nil
+}
+
+// resolvePIN returns the PIN a setting's value stands for: the protected
+// copy for the placeholder, else the value itself.
+func resolvePIN(v string) string {
+	if v == pinPlaceholder && heldPIN != "" {
+		return heldPIN
+	}
+	return v
 }
 
 func wipeBuffer(b *bytes.Buffer) {
@@ -174,7 +217,8 @@ func Protect() error {
 
 // AllowCoreDumps undoes Protect (--allow-core-dumps): the process is
 // dumpable again with the core-size limit it started with. A core then
-// holds the PIN and the keys in memory; use it on test tokens only.
+// holds the database password and requests in flight; the PIN and the
+// VOPRF scalars stay in memory the kernel leaves out of dumps (secmem).
 func AllowCoreDumps() error {
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &coreLimit); err != nil {
 		return fmt.Errorf("RLIMIT_CORE: %w", err)

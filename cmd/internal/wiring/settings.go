@@ -168,7 +168,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.IntVar(&s.MaxConnsPerAddr, "max-conns-per-addr", httpapi.DefaultMaxConnsPerAddr, h("open connections one client address (IPv6: /64) may hold; trusted proxies are exempt; -1: no cap", "max-conns-per-addr"))
 		fs.IntVar(&s.MaxInflightIssue, "max-inflight-issuance", 0, h("issuance requests that run at once (8 times as many may wait up to 1 s; one client at most half); beyond, 503 overloaded; 0: twice the CPUs", "max-inflight-issuance"))
 		fs.IntVar(&s.MaxInflightRedeem, "max-inflight-redemption", 0, h("redemption requests that run at once (8 times as many may wait up to 1 s); beyond, 503 overloaded; 0: four times the CPUs, at most the HSM sessions less two", "max-inflight-redemption"))
-		fs.BoolVar(&s.AllowCoreDumps, "allow-core-dumps", false, h("debugging only: let the process be dumped (a core holds the PIN and keys); off, pstd is not dumpable and its core limit is 0", "allow-core-dumps"))
+		fs.BoolVar(&s.AllowCoreDumps, "allow-core-dumps", false, h("debugging only: let the process be dumped (a core holds the database password and requests in flight; the PIN and the VOPRF scalars stay in memory left out of dumps); off, pstd is not dumpable and its core limit is 0", "allow-core-dumps"))
 	}
 	if groups&Logging != 0 {
 		fs.StringVar(&s.LogLevel, "log-level", "info", h("debug, info, warn or error", "log-level"))

@@ -66,11 +66,11 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 		if err != nil {
 			return cfg, err
 		}
-		if cfg, err = u.Config(s.PKCS11Module, s.PKCS11PINFile, s.PKCS11PIN); err != nil {
+		if cfg, err = u.Config(s.PKCS11Module, s.PKCS11PINFile, resolvePIN(s.PKCS11PIN)); err != nil {
 			return cfg, err
 		}
 	} else {
-		pin, err := hsm.LoadPIN(s.PKCS11PINFile, s.PKCS11PIN)
+		pin, err := hsm.LoadPIN(s.PKCS11PINFile, resolvePIN(s.PKCS11PIN))
 		if err != nil {
 			return cfg, err
 		}
