@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -222,5 +223,67 @@ func TestCrashWritesNoCore(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPstctlScrubsItsEnvironment: pstctl, given the PIN and the database
+// password in its environment, re-executes itself without them and is not
+// dumpable, as pstd is. Checked while it waits for a key blob on standard
+// input: /proc/PID/environ holds neither secret, and /proc/PID/limits shows
+// a core limit of 0.
+func TestPstctlScrubsItsEnvironment(t *testing.T) {
+	s, pin, password := secretStack(t, false)
+	cmd := exec.Command(filepath.Join(binDir, "pstctl"), "keys", "import", "--file", "-")
+	cmd.Env = s.env
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	pid := cmd.Process.Pid
+	var environ []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// The re-executed image carries the memfd's number, never the secrets.
+		environ, err = os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err == nil && bytes.Contains(environ, []byte("PSTD_SECRETS_FD=")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pstctl did not re-execute itself (environ read: %v)", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for what, secret := range map[string]string{"PIN": pin, "database password": password} {
+		if bytes.Contains(environ, []byte(secret)) {
+			t.Errorf("the %s is in pstctl's /proc/PID/environ", what)
+		}
+	}
+	// Protect runs right after the re-execution; give it a moment.
+	for {
+		limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var core string
+		for _, line := range strings.Split(string(limits), "\n") {
+			if strings.HasPrefix(line, "Max core file size") {
+				core = line
+			}
+		}
+		if f := strings.Fields(strings.TrimPrefix(core, "Max core file size")); len(f) > 0 && f[0] == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pstctl's core limit is not 0: %q", core)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
