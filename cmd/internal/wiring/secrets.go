@@ -85,6 +85,9 @@ func ScrubEnvironment() error {
 		return nil
 	}
 	defer wipeBuffer(&secret)
+	if secret.Len() >= secmem.MaxSize { // what restoreSecrets can take
+		return fmt.Errorf("the secret variables (%s) take more than %d bytes", strings.Join(SecretVariables, ", "), secmem.MaxSize-1)
+	}
 	fd, err := unix.MemfdCreate(memfdName, 0) // no MFD_CLOEXEC: the new image inherits it
 	if err != nil {
 		return fmt.Errorf("moving secrets out of the environment: memfd: %w", err)
