@@ -170,6 +170,8 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	if len(proxies) > 0 {
 		clientKey = httpapi.ForwardedClientKey(proxies)
 	}
+	// On by default (httpapi.DefaultRateLimit); 0 turns it off, which
+	// Settings.Warnings reports on a listener beyond loopback.
 	if s.RateLimit > 0 {
 		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow, ClientKey: clientKey})
 	}
