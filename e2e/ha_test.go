@@ -473,6 +473,11 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 	dbURL := c.newDatabase()
 	tok := testenv.NewToken(t)
 	a := prepareStack(t, dbURL, tok)
+	// No per-address limit on either replica: the load client issues
+	// hundreds of tokens from 127.0.0.1 within a minute (the default allows
+	// 30 batches), and a refusal there would be the test's, not the
+	// failover's.
+	a.env = append(a.env, "PSTD_RATE_LIMIT=0")
 	b := &stack{t: t, dbURL: dbURL, origin: a.origin}
 	b.listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	b.env = append(append([]string{}, a.env...), "PSTD_LISTEN="+b.listen,

@@ -59,11 +59,23 @@
 // # Issuance policy
 //
 // Policy decides how many tokens a request may get; Issue is called with
-// max = min(batch size, allowed). AllowAll is the default. RateLimit keeps a
-// token bucket per client address (IPv6 by /64) that refills over a window;
-// an address is forgotten once a window has passed since its last request
-// (its bucket would be full again), and the number held is bounded (least
-// recently seen forgotten first). Addresses are held only in memory.
+// max = min(batch size, allowed). AllowAll is Config's default. RateLimit
+// keeps a token bucket per client address (IPv6 by /64) that refills over a
+// window; an address is forgotten once a window has passed since its last
+// request (its bucket would be full again), and the number held is bounded
+// (least recently seen forgotten first). Addresses are held only in memory.
+//
+// pstd serve limits by default: a RateLimit of DefaultRateLimit × batch size
+// tokens per DefaultRateWindow (PSTD_RATE_LIMIT, PSTD_RATE_WINDOW; 0 turns
+// it off). The count a request asks for (the message's first field, capped
+// at the batch size; a zero or unreadable count is a full batch) is what
+// Allow is asked for; the bucket grants that many, or the whole tokens it
+// holds if fewer (a partial batch), and loses what it grants at once,
+// before any ticket or webhook policy and any signature, whatever their
+// outcome. With less than one token left the request is refused (429
+// rate-limited, Retry-After when the next token is due, at least 1 s). A
+// browser asks for whole batches, so the limit reads as DefaultRateLimit
+// requests per window.
 //
 // # CORS and Permissions-Policy
 //

@@ -155,6 +155,32 @@ const (
 	DefaultRateWindow      = time.Minute
 )
 
+// DefaultRateLimit is the per-address issuance limit pstd serves with unless
+// told otherwise (PSTD_RATE_LIMIT; 0 turns it off): a bucket of
+// DefaultRateLimit full batches per client address (IPv6: its /64) per
+// DefaultRateWindow, so 30 issuance requests of a whole batch a minute. Why
+// 30:
+//   - A browser issues rarely: it asks for a batch only when its store for
+//     the issuer runs low, and Chromium keeps at most 500 tokens per issuer
+//     and top-level site, so one browser makes a few issuance requests a
+//     day. Far above that, 30 a minute refuses no real browser.
+//   - Many browsers share one address: a home or office NAT, and a mobile
+//     or carrier-grade NAT with hundreds of subscribers per IPv4 address.
+//     A crowd that issues a few times a day each stays well under 30 a
+//     minute, and its bursts fit the bucket; a much lower limit would
+//     refuse them, and Chromium shows a refused issuance to the page only
+//     as a failed one.
+//   - It still bounds one address: 300 tokens a minute at batch 10 (about
+//     0.1 s of CPU) instead of whatever it can send. Whether an address
+//     deserves tokens at all is the issuance policy's decision (tickets or
+//     the webhook), not this limit's.
+//
+// Behind a reverse proxy every client arrives from the proxy's address and
+// would share one bucket: operators there set PSTD_TRUSTED_PROXIES, so the
+// limit keys on the client's own address from X-Forwarded-For. The limit is
+// per replica (docs/OPERATIONS.md).
+const DefaultRateLimit = 30
+
 // queueOf is the wait queue of a route with limit running: queued, or by
 // default 8 × running; none when queued < 0.
 func queueOf(queued, running int) int {

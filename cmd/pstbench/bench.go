@@ -208,17 +208,30 @@ func (b *bench) prepareTokens(ctx context.Context, n int) ([]voprf.Token, error)
 		return nil, err
 	}
 	if len(tokens) < n {
-		return nil, fmt.Errorf("preparing tokens: got %d of %d (statuses %v)", len(tokens), n, statusCounts(outs))
+		counts := statusCounts(outs)
+		return nil, fmt.Errorf("preparing tokens: got %d of %d (statuses %v)%s", len(tokens), n, counts, rateLimitHint(counts[http.StatusTooManyRequests]))
 	}
 	return tokens[:n], nil
 }
 
+// rateLimitHint explains refusals by pstd's per-address issuance limit,
+// which is on by default and which a load tool from one address exceeds
+// within its first 30 batches; "" when there were none.
+func rateLimitHint(refused int) string {
+	if refused == 0 {
+		return ""
+	}
+	return "; 429 and partial batches are the issuer's per-address rate limit, on by default: start the replicas under test with PSTD_RATE_LIMIT=0"
+}
+
 // finish verifies the DLEQ proof of every answered issuance job and
 // unblinds its tokens. A response that fails verification is an error: the
-// issuer signed with a key it did not commit to, or signed wrongly.
+// issuer signed with a key it did not commit to, or signed wrongly. So is a
+// response with fewer tokens than asked (a rate limit's partial batch):
+// the figures count the tokens asked.
 func (b *bench) finish(jobs []job, outs []outcome) ([]voprf.Token, error) {
 	var tokens []voprf.Token
-	bad := 0
+	bad, short := 0, 0
 	for i, o := range outs {
 		if jobs[i].kind != "issue" || o.status != http.StatusOK {
 			continue
@@ -239,10 +252,16 @@ func (b *bench) finish(jobs []job, outs []outcome) ([]voprf.Token, error) {
 			bad++
 			continue
 		}
+		if len(toks) < jobs[i].tokens {
+			short++
+		}
 		tokens = append(tokens, toks...)
 	}
 	if bad > 0 {
 		return tokens, fmt.Errorf("%d issuance responses failed client verification", bad)
+	}
+	if short > 0 {
+		return tokens, fmt.Errorf("%d issuance responses carried fewer tokens than asked%s", short, rateLimitHint(short))
 	}
 	return tokens, nil
 }
@@ -315,7 +334,8 @@ func (b *bench) phase(ctx context.Context, rep *report.Run, name string, jobs []
 
 	var errs []error
 	if ph.OK < len(jobs) {
-		errs = append(errs, fmt.Errorf("%s: %d of %d requests were not answered 200 (statuses %v, transport failures %d)", name, len(jobs)-ph.OK, len(jobs), ph.Statuses, ph.Failures))
+		errs = append(errs, fmt.Errorf("%s: %d of %d requests were not answered 200 (statuses %v, transport failures %d)%s", name, len(jobs)-ph.OK, len(jobs), ph.Statuses, ph.Failures,
+			rateLimitHint(ph.Statuses[strconv.Itoa(http.StatusTooManyRequests)])))
 	}
 	for i, o := range outs {
 		if jobs[i].kind == "redeem" && o.status == http.StatusOK && strings.Count(o.header, ".") != 2 {

@@ -9,6 +9,10 @@
 // reads each server's own process_cpu_seconds_total from /metrics before and
 // after a phase and reports tokens per server CPU-second.
 //
+// All of its load comes from one address: start the pstd replicas under
+// test with PSTD_RATE_LIMIT=0, or their per-address issuance limit (on by
+// default) refuses it after 30 batches.
+//
 //	pstbench --targets http://a:8480,http://b:8480 --metrics http://a:9090/metrics,http://b:9090/metrics \
 //	         --workload redeem --concurrency 16 --requests 20000 --format json
 package main

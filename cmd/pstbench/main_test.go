@@ -30,6 +30,12 @@ type replica struct {
 
 func startReplicas(t *testing.T, n int) (string, []replica) {
 	t.Helper()
+	return startReplicasWith(t, n, nil)
+}
+
+// startReplicasWith is startReplicas with an issuance policy (nil: none).
+func startReplicasWith(t *testing.T, n int, policy httpapi.Policy) (string, []replica) {
+	t.Helper()
 	ctx := context.Background()
 	dbURL := testenv.NewDatabase(t)
 	tok := testenv.NewToken(t)
@@ -71,7 +77,7 @@ func startReplicas(t *testing.T, n int) (string, []replica) {
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		api := httpapi.New(httpapi.Config{IssuerOrigin: "https://issuer.example", SeparateAdmin: true, Registerer: reg, Gatherer: reg,
+		api := httpapi.New(httpapi.Config{IssuerOrigin: "https://issuer.example", SeparateAdmin: true, Registerer: reg, Gatherer: reg, Policy: policy,
 			// One load client from one address on a loaded machine: no per-client share, and waits rather than 503s.
 			MaxIssuancePerClient: -1, MaxQueueWait: time.Minute}, svc)
 		if err := api.CheckReady(ctx); err != nil {
@@ -184,6 +190,28 @@ func TestMetricsMissingIsReportedNotFatal(t *testing.T) {
 	}
 	if ph.Servers[0].Error == "" || ph.ServerCPUS != 0 || ph.TokensPerCPUS != 0 {
 		t.Errorf("missing metrics not reported: %+v", ph.Servers[0])
+	}
+}
+
+// TestRateLimitedIssuerIsNamed: against an issuer that limits issuance per
+// address, as pstd does by default, pstbench fails and says which setting
+// lifts the limit, whether the limit answered 429 or a partial batch.
+func TestRateLimitedIssuerIsNamed(t *testing.T) {
+	// 7 tokens per hour for the one address: a batch of 5, a partial batch
+	// of 2, then 429s.
+	_, reps := startReplicasWith(t, 1, httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: 7, Window: time.Hour}))
+	var stdout, stderr bytes.Buffer
+	code := realMain([]string{
+		"--targets", reps[0].url, "--metrics", reps[0].metrics,
+		"--workload", "issue", "--requests", "4", "--batch", "5", "--concurrency", "1",
+	}, &stdout, &stderr)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1: %s", code, stderr.String())
+	}
+	for _, want := range []string{"429:2", "1 issuance responses carried fewer tokens than asked", "PSTD_RATE_LIMIT=0"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
 	}
 }
 

@@ -173,7 +173,11 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 	proxies, _ := s.TrustedProxyPrefixes() // validated by ValidateServe
 	if len(proxies) > 0 {
 		clientKey = httpapi.ForwardedClientKey(proxies)
+	} else {
+		clientKey = warnForwarded(clientKey, log)
 	}
+	// On by default (httpapi.DefaultRateLimit); 0 turns it off, which
+	// Settings.Warnings reports on a listener beyond loopback.
 	if s.RateLimit > 0 {
 		policy = httpapi.NewRateLimit(httpapi.RateLimitConfig{Tokens: s.RateLimit * s.BatchSize, Window: s.RateWindow, ClientKey: clientKey})
 	}
@@ -314,4 +318,21 @@ func serve(ctx context.Context, s *wiring.Settings, fs *flag.FlagSet) error {
 		return nil
 	}
 	return err
+}
+
+// warnForwarded wraps the client key of a pstd that trusts no proxy: the
+// first request that carries X-Forwarded-For is logged once, since pstd is
+// then probably behind a proxy it was not told about, and every client
+// behind it shares the proxy's address, its rate-limit bucket and its share
+// of the admission slots. The header itself is never believed.
+func warnForwarded(key func(*http.Request) string, log *slog.Logger) func(*http.Request) string {
+	var once sync.Once
+	return func(r *http.Request) string {
+		if _, ok := r.Header["X-Forwarded-For"]; ok {
+			once.Do(func() {
+				log.Warn("a request carries X-Forwarded-For but PSTD_TRUSTED_PROXIES is not set: the per-address limits key on the TCP peer, so behind a reverse proxy every client shares the proxy's address; set PSTD_TRUSTED_PROXIES to the proxies' CIDRs (the header is ignored until then)")
+			})
+		}
+		return key(r)
+	}
 }

@@ -4,8 +4,10 @@
 # redemptions partition (issue 12, item 3). NOT part of `make test`: the 10M
 # load writes about 2 GB and takes minutes.
 #
-# Needs a running pstd on a durable PostgreSQL (not a --throwaway cluster)
-# and these variables:
+# Needs a running pstd on a durable PostgreSQL (not a --throwaway cluster),
+# started with PSTD_RATE_LIMIT=0 (pstbench issues the tokens it redeems from
+# one address, far beyond the default per-address limit), and these
+# variables:
 #   PSTD_DATABASE_URL  the database pstd uses (the partition is loaded here)
 #   TARGETS            pstbench --targets (default http://localhost:8480)
 #   METRICS            pstbench --metrics (default: TARGETS/metrics)

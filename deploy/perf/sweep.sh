@@ -2,7 +2,8 @@
 # deploy/perf/sweep.sh OUTDIR: the pstbench runs behind docs/PERFORMANCE.md's
 # throughput, latency, memory and issuance-cost charts. Not part of `make
 # test`. Needs a running pstd started with --batch-size 100 (for the batch
-# sweep) on a durable PostgreSQL, and:
+# sweep) and PSTD_RATE_LIMIT=0 (the load comes from one address, far beyond
+# the default per-address limit) on a durable PostgreSQL, and:
 #   TARGETS, METRICS  as for pstbench --targets/--metrics
 #   PGDATA            to count PostgreSQL's CPU too (--cpu-pid), if local
 #   CONCURRENCY="1 2 4 8 16 32 64"  BATCHES="1 2 5 10 20 50 100"

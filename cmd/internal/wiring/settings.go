@@ -149,7 +149,7 @@ func (s *Settings) Register(fs *flag.FlagSet, groups Group) {
 		fs.BoolVar(&s.Migrate, "migrate", false, h("apply database migrations at start-up", "migrate"))
 		fs.BoolVar(&s.Demo, "demo", false, h("serve the demo issuer and relying-party pages", "demo"))
 		fs.StringVar(&s.DemoRPListen, "demo-rp-listen", "127.0.0.1:8481", h("with --demo, listen address HOST:PORT of the demo relying party, served as http://HOST:PORT, another site than a localhost issuer; empty: none", "demo-rp-listen"))
-		fs.IntVar(&s.RateLimit, "rate-limit", 0, h("issuance requests per client address per window; 0 allows all", "rate-limit"))
+		fs.IntVar(&s.RateLimit, "rate-limit", httpapi.DefaultRateLimit, h("issuance per client address per window, in full batches: a bucket of this many times the batch size in tokens, refilled over the window; 0: no limit", "rate-limit"))
 		fs.StringVar(&s.TicketKeyFile, "issuance-ticket-key-file", "", h("file holding the HMAC key (32+ bytes) of single-use issuance tickets: issuance then needs ?pst-ticket= from the trusting site", "issuance-ticket-key-file"))
 		fs.StringVar(&s.Webhook, "issuance-webhook", "", h("URL of the operator's service asked before each issuance (cookies and chosen headers, never the blinded elements); issue only on {\"issue\": true}", "issuance-webhook"))
 		fs.StringVar(&s.WebhookHeaders, "issuance-webhook-headers", "", h("comma-separated request headers passed to the issuance webhook besides Cookie", "issuance-webhook-headers"))
@@ -368,7 +368,9 @@ func ParseLogLevel(s string) (slog.Level, error) {
 
 // Warnings are settings that work but that an operator should hear about:
 // environment variables that name no setting (a typo silently ignored
-// otherwise), and an http issuer origin on a listener beyond loopback.
+// otherwise), an http issuer origin on a listener beyond loopback, and the
+// per-address issuance limit turned off (PSTD_RATE_LIMIT=0) on a listener
+// beyond loopback.
 // PSTD_DEV_* and PSTD_TEST_* are reserved for the development scripts and
 // the tests, and never settings.
 func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
@@ -386,6 +388,9 @@ func (s *Settings) Warnings(fs *flag.FlagSet, environ []string) []string {
 		if host, _, err := net.SplitHostPort(s.Listen); err == nil && host != "127.0.0.1" && host != "localhost" && host != "::1" {
 			out = append(out, fmt.Sprintf("PSTD_ISSUER_ORIGIN is %s (plain http) while listening on %s: browsers accept PST issuers on http only for localhost", s.IssuerOrigin, s.Listen))
 		}
+	}
+	if host, _, err := net.SplitHostPort(s.Listen); err == nil && !isLoopback(host) && s.RateLimit == 0 {
+		out = append(out, fmt.Sprintf("PSTD_RATE_LIMIT=0 while listening on %s: issuance is not limited per address, so one address may take as many tokens and as much CPU as it asks for; leave it unset for the default of %d full batches per address per PSTD_RATE_WINDOW unless this is a load test", s.Listen, httpapi.DefaultRateLimit))
 	}
 	return out
 }

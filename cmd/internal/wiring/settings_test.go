@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pstd/pstd/httpapi"
 )
 
 // The start-up log line must not carry a database password, wherever the
@@ -106,6 +108,46 @@ func TestWarnings(t *testing.T) {
 	if !strings.Contains(w, "plain http") {
 		t.Errorf("no warning for an http origin on 0.0.0.0: %s", w)
 	}
+	if strings.Contains(w, "PSTD_RATE_LIMIT") {
+		t.Errorf("a warning about the rate limit at its default: %s", w)
+	}
+	// The per-address limit turned off: warned about beyond loopback only.
+	s.RateLimit = 0
+	for listen, want := range map[string]bool{"0.0.0.0:8480": true, ":8480": true, "[2001:db8::1]:443": true, "127.0.0.1:8480": false, "[::1]:8480": false, "localhost:8480": false} {
+		s.Listen = listen
+		got := strings.Contains(strings.Join(s.Warnings(fs, nil), "\n"), "PSTD_RATE_LIMIT=0")
+		if got != want {
+			t.Errorf("PSTD_RATE_LIMIT=0 on %s: warned %t, want %t", listen, got, want)
+		}
+	}
+}
+
+// The per-address issuance limit is on unless turned off: its default is
+// httpapi.DefaultRateLimit, not zero, and 0 still means off and is valid.
+func TestRateLimitOnByDefault(t *testing.T) {
+	if httpapi.DefaultRateLimit <= 0 {
+		t.Fatalf("httpapi.DefaultRateLimit = %d: the limit would be off by default", httpapi.DefaultRateLimit)
+	}
+	parse := func(args ...string) Settings {
+		var s Settings
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		s.Register(fs, All)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		s.DatabaseURL, s.PKCS11Module, s.PKCS11Token, s.PKCS11PINFile = "postgres://x@h/db", "/m.so", "t", "/pin"
+		return s
+	}
+	if s := parse(); s.RateLimit != httpapi.DefaultRateLimit || s.RateWindow != httpapi.DefaultRateWindow {
+		t.Errorf("defaults: rate limit %d per %v, want %d per %v", s.RateLimit, s.RateWindow, httpapi.DefaultRateLimit, httpapi.DefaultRateWindow)
+	}
+	if s := parse("--rate-limit=0"); s.RateLimit != 0 || s.ValidateServe() != nil {
+		t.Errorf("--rate-limit=0: %d, %v; want 0 (off) and valid", s.RateLimit, s.ValidateServe())
+	}
+	if s := parse("--rate-limit=-1"); s.ValidateServe() == nil {
+		t.Error("--rate-limit=-1 accepted")
+	}
 }
 
 // The README's configuration table names every setting, and only those.
@@ -133,6 +175,58 @@ func TestREADMEListsEverySetting(t *testing.T) {
 	})
 	for name := range documented {
 		t.Errorf("README documents %s, which is no setting", name)
+	}
+}
+
+// The README's default column says what the flags' defaults are: the
+// first backquoted value of each cell (of each half, for a row of two
+// settings) is the flag's default (durations compared as durations), and
+// "—" is an empty default. PSTD_ACTOR's default is chosen at run time.
+func TestREADMEDefaultsMatchFlags(t *testing.T) {
+	b, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s Settings
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	s.Register(fs, All)
+	defaults := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { defaults[EnvName(f.Name)] = f.DefValue })
+	runtime := map[string]bool{"PSTD_ACTOR": true}
+	rows := regexp.MustCompile("(?m)^\\| `(PSTD_[A-Z0-9_]+)`(?: / `(PSTD_[A-Z0-9_]+)`)? \\| ([^|]*) \\|").FindAllStringSubmatch(string(b), -1)
+	checked := 0
+	for _, m := range rows {
+		names, cell := []string{m[1]}, strings.TrimSpace(m[3])
+		cells := []string{cell}
+		if m[2] != "" {
+			names = append(names, m[2])
+			if cells = strings.Split(cell, " / "); len(cells) != 2 {
+				cells = []string{cell, cell} // one value for both
+			}
+		}
+		for i, name := range names {
+			want, ok := defaults[name]
+			if !ok || runtime[name] {
+				continue // TestREADMEListsEverySetting reports unknown names
+			}
+			got := strings.TrimSpace(cells[i])
+			if got == "—" {
+				got = ""
+			} else if v, _, _ := strings.Cut(got, " "); len(v) > 2 && v[0] == '`' && v[len(v)-1] == '`' {
+				got = v[1 : len(v)-1]
+			}
+			if got != want {
+				gd, err1 := time.ParseDuration(got)
+				wd, err2 := time.ParseDuration(want)
+				if err1 != nil || err2 != nil || gd != wd {
+					t.Errorf("README gives %s the default %q; the flag's is %q", name, strings.TrimSpace(cells[i]), want)
+				}
+			}
+			checked++
+		}
+	}
+	if checked < 30 {
+		t.Errorf("checked only %d defaults: is the table's format still | `NAME` | `default` | …?", checked)
 	}
 }
 
