@@ -175,25 +175,27 @@ func hashToGroup(msg []byte) *p384.Point {
 	return p
 }
 
-// randomScalar returns a uniform scalar in [1, n-1] by rejection sampling.
+// randomScalar returns a uniform scalar in [1, n-1] by rejection sampling,
+// for the client's blinds (the issuer draws its secrets with
+// randomScalarInto, into protected memory).
 func randomScalar(rand io.Reader) ([ScalarSize]byte, error) {
 	var b [ScalarSize]byte
+	err := randomScalarInto(rand, b[:])
+	return b, err
+}
+
+// randomScalarInto fills b (48 bytes) with a uniform scalar in [1, n-1] by
+// rejection sampling, leaving no copy of it elsewhere.
+func randomScalarInto(rand io.Reader, b []byte) error {
 	for range 128 {
-		if _, err := io.ReadFull(rand, b[:]); err != nil {
-			return b, err
+		if _, err := io.ReadFull(rand, b); err != nil {
+			return err
 		}
-		n, err := bigmod.NewNat().SetBytes(b[:], orderN)
-		if err != nil {
-			continue // ≥ n; probability about 2^-190
+		if scalarInRange(b) { // ≥ n or 0: probability about 2^-190
+			return nil
 		}
-		zero := n.IsZero() == 1
-		n.SetUint(0)
-		if zero {
-			continue
-		}
-		return b, nil
 	}
-	return b, errBadRandom
+	return errBadRandom
 }
 
 var errBadRandom = errors.New("random source produced no usable scalar")

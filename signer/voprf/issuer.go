@@ -11,6 +11,7 @@ import (
 
 	"filippo.io/bigmod"
 
+	"github.com/pstd/pstd/internal/secmem"
 	"github.com/pstd/pstd/signer/voprf/internal/p384"
 )
 
@@ -28,15 +29,26 @@ var errWiped = newError(KeyWiped, "issuer key has been wiped")
 // together with the number of tokens issued. The DLEQ proof's nonce r is drawn
 // from rand. max must be at least 1.
 func (sk *PrivateKey) Issue(req *IssueRequest, max int, rand io.Reader) ([]byte, int, error) {
-	r, err := randomScalar(rand)
+	// The proof nonce r gives k away with the proof's c and s: it lives in
+	// protected memory, as k does, and so does the split of k below.
+	mem, err := secmem.New(2 * ScalarSize)
 	if err != nil {
+		return nil, 0, err
+	}
+	defer secmem.Free(mem)
+	r, k1 := mem[:ScalarSize], mem[ScalarSize:]
+	if err := randomScalarInto(rand, r); err != nil {
 		return nil, 0, fmt.Errorf("drawing the proof nonce failed: %w", err)
 	}
-	defer wipe(r[:])
-	return sk.issue(req, max, &r)
+	if err := randomScalarInto(rand, k1); err != nil {
+		return nil, 0, fmt.Errorf("drawing the proof nonce failed: %w", err)
+	}
+	return sk.issue(req, max, (*[ScalarSize]byte)(r), (*[ScalarSize]byte)(k1))
 }
 
-func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]byte, int, error) {
+// issue computes the response with proof nonce r; k1 is a fresh random
+// share of k for the proof's arithmetic.
+func (sk *PrivateKey) issue(req *IssueRequest, max int, r, k1 *[ScalarSize]byte) ([]byte, int, error) {
 	if sk.wiped.Load() {
 		return nil, 0, errWiped
 	}
@@ -128,17 +140,31 @@ func (sk *PrivateKey) issue(req *IssueRequest, max int, r *[ScalarSize]byte) ([]
 	if err != nil {
 		return nil, 0, fmt.Errorf("proof nonce out of range: %w", err)
 	}
-	// k as a big number only for this product, zeroed at once: the key
-	// keeps no copy of k outside protected memory.
-	kN, err := bigmod.NewNat().SetBytes(sk.k[:], orderN)
+	// k is split as k1 + k2 with k1 fresh for this proof, and s = r − c·k1
+	// − c·k2: neither k nor c·k (which with the public c gives k) is ever
+	// a big number, whose temporaries bigmod leaves behind uncleared. The
+	// big numbers themselves are zeroed at once.
+	k2, err := bigmod.NewNat().SetBytes(sk.k[:], orderN)
 	if err != nil {
 		return nil, 0, fmt.Errorf("issuer scalar out of range: %w", err)
 	}
-	cN.Mul(kN, orderN)
-	kN.SetUint(0)
-	s := rN.Sub(cN, orderN).Bytes(orderN)
+	k1N, err := bigmod.NewNat().SetBytes(k1[:], orderN)
+	if err != nil {
+		return nil, 0, fmt.Errorf("key share out of range: %w", err)
+	}
+	k2.Sub(k1N, orderN)
+	c2, err := bigmod.NewNat().SetBytes(c[:], orderN)
+	if err != nil {
+		return nil, 0, fmt.Errorf("challenge out of range: %w", err)
+	}
+	cN.Mul(k1N, orderN)
+	c2.Mul(k2, orderN)
+	k1N.SetUint(0)
+	k2.SetUint(0)
+	s := rN.Sub(cN, orderN).Sub(c2, orderN).Bytes(orderN)
 	rN.SetUint(0)
 	cN.SetUint(0)
+	c2.SetUint(0)
 
 	off := 6 + n*ElementSize
 	binary.BigEndian.PutUint16(out[off:], ProofSize)

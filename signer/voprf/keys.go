@@ -98,17 +98,11 @@ func GenerateKey(keyID uint32, rand io.Reader) (*PrivateKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	for range 128 {
-		if _, err := io.ReadFull(rand, mem); err != nil {
-			secmem.Free(mem)
-			return nil, err
-		}
-		if scalarInRange(mem) { // ≥ n or 0: probability about 2^-190
-			return newPrivateKey(keyID, mem)
-		}
+	if err := randomScalarInto(rand, mem); err != nil {
+		secmem.Free(mem)
+		return nil, err
 	}
-	secmem.Free(mem)
-	return nil, errBadRandom
+	return newPrivateKey(keyID, mem)
 }
 
 // Public returns the key's public half.
