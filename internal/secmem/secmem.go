@@ -46,6 +46,7 @@ var pool struct {
 	sync.Mutex
 	free  [len(slotSizes)][][]byte // zeroed slots, each cap == its size
 	pages map[uintptr]bool         // every page mapped, by address
+	inUse map[uintptr]bool         // every slot handed out, by address
 }
 
 var unlocked atomic.Int64
@@ -83,11 +84,16 @@ func New(n int) ([]byte, error) {
 	last := len(pool.free[class]) - 1
 	slot := pool.free[class][last]
 	pool.free[class] = pool.free[class][:last]
+	if pool.inUse == nil {
+		pool.inUse = map[uintptr]bool{}
+	}
+	pool.inUse[uintptr(unsafe.Pointer(&slot[0]))] = true
 	return slot[:n], nil
 }
 
 // Free zeroes b, which New returned, and keeps its slot for reuse. Freeing
-// nil does nothing; freeing a slice New did not return panics.
+// nil does nothing; freeing a slice New did not return, or freeing twice,
+// panics (two owners of one slot would read each other's secrets).
 func Free(b []byte) {
 	if b == nil {
 		return
@@ -95,15 +101,16 @@ func Free(b []byte) {
 	b = b[:cap(b)]
 	pool.Lock()
 	defer pool.Unlock()
-	base := uintptr(unsafe.Pointer(&b[0])) &^ (pageSize - 1)
+	addr := uintptr(unsafe.Pointer(&b[0]))
 	for class, size := range slotSizes {
-		if size == cap(b) && pool.pages[base] {
+		if size == cap(b) && pool.pages[addr&^(pageSize-1)] && pool.inUse[addr] {
+			delete(pool.inUse, addr)
 			clear(b)
 			pool.free[class] = append(pool.free[class], b)
 			return
 		}
 	}
-	panic("secmem: Free of memory New did not return")
+	panic("secmem: Free of memory New did not return, or freed twice")
 }
 
 // Clone copies src into new protected memory.

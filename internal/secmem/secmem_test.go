@@ -116,6 +116,19 @@ func TestLimits(t *testing.T) {
 		t.Errorf("New(-1) = %v, want ErrTooLarge", err)
 	}
 	Free(nil)
+	b, err := New(48)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Free(b)
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("a second Free of one slot did not panic")
+			}
+		}()
+		Free(b)
+	}()
 	defer func() {
 		if recover() == nil {
 			t.Error("Free of heap memory did not panic")
