@@ -140,7 +140,7 @@ func restoreSecrets(fdText string) error {
 		if !ok || !isSecretVariable(string(name)) {
 			return errors.New("the secrets memfd holds something other than pstd's secret variables")
 		}
-		if string(name) == pinVariable {
+		if string(name) == pinVariable && len(value) > 0 {
 			if err := holdPIN(value); err != nil {
 				return err
 			}
@@ -171,9 +171,6 @@ var pinPlaceholder = func() string {
 var heldPIN string
 
 func holdPIN(value []byte) error {
-	if len(value) == 0 {
-		return nil
-	}
 	mem, err := secmem.Clone(value)
 	if err != nil {
 		return err
@@ -185,8 +182,8 @@ func holdPIN(value []byte) error {
 // resolvePIN returns the PIN a setting's value stands for: the protected
 // copy for the placeholder, else the value itself.
 func resolvePIN(v string) string {
-	if v == pinPlaceholder && heldPIN != "" {
-		return heldPIN
+	if v == pinPlaceholder {
+		return heldPIN // "" if none is held: no PIN, never the placeholder
 	}
 	return v
 }

@@ -61,6 +61,16 @@ func TestRestoreSecretsFromMemfd(t *testing.T) {
 	if os.Getenv("PGPASSWORD") != "pw" {
 		t.Fatalf("restored PGPASSWORD %q", os.Getenv("PGPASSWORD"))
 	}
+	// An empty PIN stays empty (a missing setting), never the placeholder:
+	// a placeholder sent to C_Login would count down the token's retries.
+	heldPIN = ""
+	fd = write("PSTD_PKCS11_PIN=\x00")
+	if err := restoreSecrets(strconv.Itoa(fd)); err != nil {
+		t.Fatal(err)
+	}
+	if got := os.Getenv("PSTD_PKCS11_PIN"); got != "" || resolvePIN(pinPlaceholder) != "" {
+		t.Fatalf("an empty PIN was restored as %q, resolving to %q", got, resolvePIN(got))
+	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
 		t.Error("the memfd was left open")
 	}

@@ -59,7 +59,7 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 		log.Warn("the PKCS#11 PIN was given as a command-line flag, which other local users can read (ps); use PSTD_PKCS11_PIN_FILE")
 	}
 	if strings.Contains(s.PKCS11URI, "pin-value=") {
-		log.Warn("the PKCS#11 URI carries pin-value, which other local users can read when it is a flag; use pin-source")
+		log.Warn("the PKCS#11 URI carries pin-value, which other local users can read when it is a flag, and which pstd cannot keep in protected memory; use pin-source")
 	}
 	if s.PKCS11URI != "" {
 		u, err := hsm.ParseURI(s.PKCS11URI)
