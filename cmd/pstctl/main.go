@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -24,9 +25,11 @@ import (
 	"github.com/pstd/pstd/cmd/internal/wiring"
 	"github.com/pstd/pstd/doctor"
 	"github.com/pstd/pstd/internal/cli"
+	"github.com/pstd/pstd/internal/secmem"
 	"github.com/pstd/pstd/internal/version"
 	"github.com/pstd/pstd/rp"
 	"github.com/pstd/pstd/signer"
+	"github.com/pstd/pstd/signer/voprf"
 )
 
 func main() {
@@ -219,7 +222,7 @@ func root(out io.Writer) *ffcli.Command {
 				if err != nil {
 					return err
 				}
-				defer clear(blob)
+				defer secmem.Free(blob)
 				nb := time.Now()
 				if notBefore != "" {
 					if nb, err = time.Parse(time.RFC3339, notBefore); err != nil {
@@ -364,28 +367,52 @@ func setGroups(c *ffcli.Command) {
 	}
 }
 
-// readBlob reads a private key blob as raw bytes or base64.
+// readBlob reads a private key blob as raw bytes or base64, into protected
+// memory (internal/secmem) and decoded there: no copy of the scalar is left
+// on the heap. The caller frees it with secmem.Free.
 func readBlob(path string) ([]byte, error) {
 	if path == "" {
 		return nil, errors.New("--file is required")
 	}
-	var b []byte
-	var err error
-	if path == "-" {
-		b, err = io.ReadAll(io.LimitReader(os.Stdin, 4096))
-	} else {
-		b, err = os.ReadFile(path)
+	f := os.Stdin
+	if path != "-" {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			return nil, err
+		}
+		defer f.Close()
 	}
+	buf, err := secmem.New(secmem.MaxSize)
 	if err != nil {
 		return nil, err
 	}
-	if len(b) == 52 {
-		return b, nil
+	defer secmem.Free(buf)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, err
 	}
-	dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-	clear(b)
+	if n == len(buf) {
+		return nil, fmt.Errorf("key blob file is larger than %d bytes", len(buf)-1)
+	}
+	out, err := secmem.New(voprf.PrivateKeyBlobSize)
 	if err != nil {
-		return nil, errors.New("key blob is neither 52 raw bytes nor base64")
+		return nil, err
 	}
-	return dec, nil
+	if n == voprf.PrivateKeyBlobSize {
+		copy(out, buf[:n])
+		return out, nil
+	}
+	text := bytes.TrimSpace(buf[:n])
+	if base64.StdEncoding.DecodedLen(len(text)) <= secmem.MaxSize {
+		dec, derr := secmem.New(base64.StdEncoding.DecodedLen(len(text)))
+		if derr == nil {
+			defer secmem.Free(dec)
+			if m, err := base64.StdEncoding.Decode(dec, text); err == nil && m == voprf.PrivateKeyBlobSize {
+				copy(out, dec[:m])
+				return out, nil
+			}
+		}
+	}
+	secmem.Free(out)
+	return nil, errors.New("key blob is neither 52 raw bytes nor base64 of them")
 }
