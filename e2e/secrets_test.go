@@ -6,10 +6,13 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"math/big"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/pstd/pstd/internal/testenv"
+	"github.com/pstd/pstd/signer/voprf"
 )
 
 // secretStack is a stack whose PIN and database password are given in the
@@ -90,21 +94,33 @@ func TestSecretsNotInProcEnviron(t *testing.T) {
 	}
 }
 
+// proof is the DLEQ proof (c, s) of one issuance response.
+type proof struct{ c, s []byte }
+
 // crash starts pstd (extra args) in dir with core dumps enabled by the
 // shell (ulimit -c unlimited) and GOTRACEBACK=crash, waits until it is
-// ready, aborts it with SIGABRT and returns the core files left in dir.
-func crash(t *testing.T, s *stack, dir string, args ...string) (cores []string, keyIDs map[uint32]bool) {
+// ready, issues three batches, aborts it with SIGABRT and returns the core
+// files left in dir, the key ids that signed and the batches' proofs.
+func crash(t *testing.T, s *stack, dir string, args ...string) (cores []string, keyIDs map[uint32]bool, proofs []proof) {
 	t.Helper()
 	s.env = append(s.env, "GOTRACEBACK=crash")
 	s.launchWith([]string{"sh", "-c", `ulimit -c unlimited && exec "$@"`, "sh"}, dir, args...)
 	s.waitReady(30 * time.Second)
-	toks := s.issueTokens(10) // keys and PIN in use
-	if len(toks) != 10 {
-		t.Fatal("no tokens")
+	_, keys, err := voprf.ParseCommitment(getBody(t, "http://"+s.listen+"/.well-known/private-state-token/key-commitment"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	keyIDs = map[uint32]bool{}
-	for _, tok := range toks {
-		keyIDs[tok.KeyID] = true
+	for range 3 { // keys and PIN in use
+		o, toks := s.issueOnce(keys, 10)
+		raw, err := base64.StdEncoding.DecodeString(o.token)
+		if len(toks) != 10 || err != nil || len(raw) < 2*48 {
+			t.Fatalf("issuance: %+v", o)
+		}
+		for _, tok := range toks {
+			keyIDs[tok.KeyID] = true
+		}
+		proofs = append(proofs, proof{c: raw[len(raw)-96 : len(raw)-48], s: raw[len(raw)-48:]})
 	}
 	if err := s.cmd.Process.Signal(syscall.SIGABRT); err != nil {
 		t.Fatal(err)
@@ -120,7 +136,7 @@ func crash(t *testing.T, s *stack, dir string, args ...string) (cores []string, 
 	}
 	s.cmd = nil
 	cores, _ = filepath.Glob(filepath.Join(dir, "core*"))
-	return cores, keyIDs
+	return cores, keyIDs, proofs
 }
 
 // cores a crash leaves must land in the crashed process's working
@@ -161,18 +177,15 @@ func importKnownKey(t *testing.T, s *stack) []byte {
 }
 
 // scalarForms are the byte strings an attacker with a core looks for to
-// find scalar k (48 bytes big-endian): k itself, k reversed, and k as the
-// little-endian 64-bit limbs big-number code keeps.
+// find a 48-byte big-endian scalar: the bytes as they are, and reversed,
+// which is also how little-endian 32- or 64-bit limbs (big-number code on
+// amd64 and arm64) lay it out.
 func scalarForms(k []byte) map[string][]byte {
 	rev := make([]byte, len(k))
 	for i := range k {
 		rev[i] = k[len(k)-1-i]
 	}
-	limbs := make([]byte, 0, len(k))
-	for i := len(k); i > 0; i -= 8 {
-		limbs = append(limbs, rev[len(k)-i:len(k)-i+8]...)
-	}
-	return map[string][]byte{"big-endian": k, "reversed": rev, "64-bit limbs": limbs}
+	return map[string][]byte{"big-endian": k, "little-endian limbs": rev}
 }
 
 // TestCrashWritesNoCore: a crashed pstd leaves no core (so no PIN, no
@@ -190,11 +203,11 @@ func TestCrashWritesNoCore(t *testing.T) {
 			s, pin, password := secretStack(t, pinFrom == "file")
 			scalar := importKnownKey(t, s)
 			dir := t.TempDir()
-			if cores, _ := crash(t, s, dir); len(cores) != 0 {
+			if cores, _, _ := crash(t, s, dir); len(cores) != 0 {
 				t.Fatalf("a crashed pstd left a core: %v", cores)
 			}
 
-			cores, keyIDs := crash(t, s, t.TempDir(), "--allow-core-dumps")
+			cores, keyIDs, proofs := crash(t, s, t.TempDir(), "--allow-core-dumps")
 			if len(cores) == 0 {
 				t.Fatal("no core even with --allow-core-dumps; the test proves nothing here")
 			}
@@ -217,9 +230,24 @@ func TestCrashWritesNoCore(t *testing.T) {
 			if i := bytes.Index(core, []byte(pin)); i >= 0 {
 				t.Errorf("the core holds the PIN (at offset %d)", i)
 			}
-			for form, b := range scalarForms(scalar) {
-				if i := bytes.Index(core, b); i >= 0 {
-					t.Errorf("the core holds the signing key's scalar (%s, at offset %d)", form, i)
+			// k itself, and what gives k away with a response's public c and
+			// s: its proof nonce r = s + c·k, and c·k.
+			secrets := map[string][]byte{"the signing key's scalar k": scalar}
+			n := elliptic.P384().Params().N
+			k := new(big.Int).SetBytes(scalar)
+			for i, p := range proofs {
+				ck := new(big.Int).Mul(new(big.Int).SetBytes(p.c), k)
+				ck.Mod(ck, n)
+				r := new(big.Int).Add(new(big.Int).SetBytes(p.s), ck)
+				r.Mod(r, n)
+				secrets[fmt.Sprintf("issuance %d's proof nonce r", i)] = r.FillBytes(make([]byte, 48))
+				secrets[fmt.Sprintf("issuance %d's c·k", i)] = ck.FillBytes(make([]byte, 48))
+			}
+			for what, v := range secrets {
+				for form, b := range scalarForms(v) {
+					if i := bytes.Index(core, b); i >= 0 {
+						t.Errorf("the core holds %s (%s, at offset %d)", what, form, i)
+					}
 				}
 			}
 		})

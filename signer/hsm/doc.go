@@ -34,8 +34,8 @@
 //     the token. They cannot mint tokens or sign records.
 //   - With the database and the host's memory (root reading a running
 //     pstd's memory): the VOPRF keys currently loaded, in the clear. (A core
-//     dump or swap does not hold them: they live in memory left out of
-//     dumps and locked against swap.) They
+//     dump does not hold them: they live in memory left out of dumps; nor
+//     does swap, when the kernel let pstd lock that memory.) They
 //     can mint tokens for those keys until the keys rotate out; rotate at
 //     once after such a compromise. They still do not get the KEK or the
 //     RR key, so they cannot sign records once they lose the host, and they

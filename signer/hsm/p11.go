@@ -58,7 +58,8 @@ var pinMAC = func() []byte {
 // pinVerifier is HMAC-SHA-256(pinMAC, module || 0 || label || 0 || pin ||
 // zero padding). The message is built in protected memory and padded to
 // whole SHA-256 blocks, so the hash consumes it in place and never copies
-// PIN bytes into its buffer on the Go heap.
+// PIN bytes into its buffer on the Go heap (its block function's stack
+// frame may hold message words for a moment).
 func pinVerifier(k tokenKey, pin []byte) ([32]byte, error) {
 	const block = sha256.BlockSize
 	n := (len(k.module) + len(k.label) + 2 + len(pin) + block) / block * block

@@ -6,7 +6,7 @@ package hsm
 // C_GenerateRandom), and freed C memory keeps them until it is reused — in
 // a core, for instance. Here the token reads the PIN from, and writes
 // plaintext and random bytes straight into, memory the caller owns and
-// zeroes.
+// clears after use.
 //
 // The module is the one miekg/pkcs11 loaded: dlopen with RTLD_NOLOAD finds
 // it without loading it again, and its C_GetFunctionList gives the same
