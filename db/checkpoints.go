@@ -173,16 +173,16 @@ func (s *Store) WithCheckpointLockWait(ctx context.Context, fn func(ctx context.
 	})
 }
 
-// SignedKeyCreate reports whether the log has a key.create event for keyID
-// after event seq whose signature verifies with an audit key the log
-// introduced.
-func (s *Store) SignedKeyCreate(ctx context.Context, keyID uint32, afterSeq int64) (bool, error) {
+// SignedKeyEvent reports whether the log holds, after event afterSeq, an
+// event with this action (key.create, key.retire) for keyID that an audit
+// key of the log signed.
+func (s *Store) SignedKeyEvent(ctx context.Context, action string, keyID uint32, afterSeq int64) (bool, error) {
 	keys, err := s.AuditKeys(ctx)
 	if err != nil {
 		return false, err
 	}
 	found := false
-	err = s.AuditEventsWhere(ctx, afterSeq, "key.create", keySubject(keyID), func(e auditlog.Event) error {
+	err = s.AuditEventsWhere(ctx, afterSeq, action, keySubject(keyID), func(e auditlog.Event) error {
 		for _, k := range keys {
 			if k.ID == e.Key && auditlog.VerifySignature(&e, k.PublicKey) == nil {
 				found = true

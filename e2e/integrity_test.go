@@ -90,13 +90,39 @@ func TestTamperedRowsRefused(t *testing.T) {
 		old := s.issueTokens(1)
 		s.pstctl("keys", "rotate", "--force")
 		s.pstctl("keys", "retire", "1")
+		s.waitReady(30 * time.Second)
+		checkpoints := s.count(`SELECT count(*) FROM audit_checkpoints`)
+		tampered := time.Now()
 		s.asOwner(`UPDATE key_epochs SET retired_at = NULL WHERE key_id = 1`)
 		s.waitRefusal("key 1 is live in the database")
+		took := time.Since(tampered)
+		t.Logf("refused %.1f s after the tamper", took.Seconds())
+		if took > 2*5*time.Second+5*time.Second { // signer.DefaultRefreshInterval is 5 s
+			t.Errorf("refused only %s after the tamper, more than two refreshes", took)
+		}
+		if n := s.count(`SELECT count(*) FROM audit_log WHERE action = 'integrity.violation'`); n < 1 {
+			t.Fatal("no integrity.violation audit event")
+		}
+		// The replica's own checkpoints (every 10 s) must not sign the
+		// undone retirement into the HSM's anchor: after three intervals it
+		// still refuses, the key's token still does not redeem, and no
+		// checkpoint names key 1 live.
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if o := s.readyz(); o.status == http.StatusOK {
+				t.Fatalf("ready again %.0f s after the tamper: the undone retirement was accepted", time.Since(tampered).Seconds())
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		if o := s.redeemToken(old[0]); o.status == http.StatusOK {
 			t.Fatalf("the resurrected key's token redeemed: %+v", o)
 		}
 		if n := s.count(`SELECT count(*) FROM redemptions`); n != 0 {
 			t.Fatalf("%d redemptions", n)
+		}
+		if n := s.count(`SELECT count(*) FROM audit_checkpoints WHERE n > (SELECT max(n) FROM audit_checkpoints) - $1
+			AND (body::jsonb -> 'live_keys') @> '[1]'`, s.count(`SELECT count(*) FROM audit_checkpoints`)-checkpoints); n != 0 {
+			t.Fatalf("%d checkpoints since the tamper sign key 1 as live", n)
 		}
 	})
 	t.Run("sealed blobs swapped", func(t *testing.T) {

@@ -188,9 +188,24 @@ func (s *Service) checkpoint(ctx context.Context, force bool, fence *auditlog.Fe
 		if err != nil {
 			return s.dbErr(err, "reading key epochs failed")
 		}
+		// The head's live keys are signed into the HSM's anchor, which later
+		// reloads trust: a key the database says is live goes in only if it
+		// passes the same check a reload makes (outside a fence, which
+		// retires every anchored key by a signed event of its own).
+		var anc anchor
+		if fence == nil {
+			if anc, err = s.anchoredKeys(ctx); err != nil {
+				return err
+			}
+		}
 		now := s.cfg.Clock.Now()
 		for _, e := range epochs {
 			if epochTimes(e).Live(now) {
+				if fence == nil {
+					if err := s.trustLive(ctx, e.KeyID, anc); err != nil {
+						return err
+					}
+				}
 				c.LiveKeys = append(c.LiveKeys, e.KeyID)
 			}
 		}

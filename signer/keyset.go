@@ -57,7 +57,7 @@ func (s *Service) reload(ctx context.Context) (err error) {
 			}
 		}
 	}()
-	anchorLive, anchorSeq, haveAnchor, err := s.anchoredKeys(ctx)
+	anc, err := s.anchoredKeys(ctx)
 	if err != nil {
 		return err
 	}
@@ -65,10 +65,11 @@ func (s *Service) reload(ctx context.Context) (err error) {
 	var published []voprf.PublishedKey
 	for _, e := range epochs {
 		// A key live now that was not live at the HSM's audit head must
-		// have been created since, by a signed event: otherwise its row was
-		// resurrected (retired_at cleared) or planted in the database.
-		if haveAnchor && epochTimes(e).Live(now) && !slices.Contains(anchorLive, e.KeyID) {
-			if err := s.createdSince(ctx, e.KeyID, anchorSeq); err != nil {
+		// have been created since, by a signed event, and never retired by
+		// one: otherwise its row was resurrected (retired_at cleared) or
+		// planted in the database.
+		if epochTimes(e).Live(now) {
+			if err := s.trustLive(ctx, e.KeyID, anc); err != nil {
 				return err
 			}
 		}
@@ -335,32 +336,52 @@ func rowDigest(e db.KeyEpoch) string {
 	return string(h.Sum(nil))
 }
 
-// anchoredKeys returns the keys live at the HSM's audit head and the event
-// it covers; ok is false before the first checkpoint.
-func (s *Service) anchoredKeys(ctx context.Context) (live []uint32, seq int64, ok bool, err error) {
+// anchoredKeys returns what the HSM's audit head says of the keys.
+func (s *Service) anchoredKeys(ctx context.Context) (anchor, error) {
 	if s.audit.Load() == nil {
-		return nil, 0, false, nil
+		return anchor{}, nil
 	}
 	a, ok, err := s.readAnchor(ctx)
 	if err != nil || !ok {
-		return nil, 0, false, err
+		return anchor{}, err
 	}
 	c, _, err := a.Open()
 	if err != nil {
-		return nil, 0, false, err
+		return anchor{}, err
 	}
-	return c.LiveKeys, c.AuditSeq, true, nil
+	return anchor{live: c.LiveKeys, seq: c.AuditSeq, ok: true}, nil
 }
 
-// createdSince requires a signed key.create event for keyID after event
-// seq (the anchor's), signed by an audit key of the log.
-func (s *Service) createdSince(ctx context.Context, keyID uint32, seq int64) error {
-	ok, err := s.store.SignedKeyCreate(ctx, keyID, seq)
+// anchor is what the HSM's audit head says of the keys: those live at it,
+// and the event it covers. ok is false before the first checkpoint.
+type anchor struct {
+	live []uint32
+	seq  int64
+	ok   bool
+}
+
+// trustLive checks a key the database says is live against what the
+// database alone cannot forge: it was live at the HSM's audit head or a
+// signed key.create follows the head, and no signed key.retire ever retired
+// it. Both reload (before serving the key) and checkpoint (before signing
+// it into a new head) ask, so a retirement undone in the database can
+// neither be served nor be made legitimate by the next checkpoint.
+func (s *Service) trustLive(ctx context.Context, keyID uint32, a anchor) error {
+	if a.ok && !slices.Contains(a.live, keyID) {
+		ok, err := s.store.SignedKeyEvent(ctx, db.ActionKeyCreate, keyID, a.seq)
+		if err != nil {
+			return s.dbErr(err, "reading the audit log failed")
+		}
+		if !ok {
+			return s.integrityViolation(ctx, fmt.Sprintf("key %d is live in the database but was not at the HSM's audit head, and no signed key.create follows it (a retirement undone, or a planted row)", keyID))
+		}
+	}
+	retired, err := s.store.SignedKeyEvent(ctx, db.ActionKeyRetire, keyID, 0)
 	if err != nil {
 		return s.dbErr(err, "reading the audit log failed")
 	}
-	if !ok {
-		return s.integrityViolation(ctx, fmt.Sprintf("key %d is live in the database but was not at the HSM's audit head, and no signed key.create follows it (a retirement undone, or a planted row)", keyID))
+	if retired {
+		return s.integrityViolation(ctx, fmt.Sprintf("key %d is live in the database but a signed key.retire retired it (a retirement undone)", keyID))
 	}
 	return nil
 }

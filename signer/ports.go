@@ -65,7 +65,7 @@ type Store interface {
 	EnsureAuditKeyIntroduced(ctx context.Context) error
 	AuditSignerID() string
 	AuditKeys(ctx context.Context) ([]auditlog.KeyInfo, error)
-	SignedKeyCreate(ctx context.Context, keyID uint32, afterSeq int64) (bool, error)
+	SignedKeyEvent(ctx context.Context, action string, keyID uint32, afterSeq int64) (bool, error)
 	InsertSignedBy(ctx context.Context, a *db.AuditSigner, e db.Event) (int64, error)
 	AuditState(ctx context.Context) (db.AuditState, error)
 	AuditHashAt(ctx context.Context, seq int64) ([]byte, bool, error)

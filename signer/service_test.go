@@ -212,11 +212,11 @@ func (m *memStore) KeyEpochsDigest(context.Context) (string, error) {
 	}
 	return string(h.Sum(nil)), nil
 }
-func (m *memStore) SignedKeyCreate(_ context.Context, keyID uint32, afterSeq int64) (bool, error) {
+func (m *memStore) SignedKeyEvent(_ context.Context, action string, keyID uint32, afterSeq int64) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i := int(afterSeq); i < len(m.audit); i++ {
-		if m.audit[i].Action == "key.create" && m.audit[i].Subject == fmt.Sprintf("key:%d", keyID) {
+		if m.audit[i].Action == action && m.audit[i].Subject == fmt.Sprintf("key:%d", keyID) {
 			return true, nil
 		}
 	}
