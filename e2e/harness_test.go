@@ -241,6 +241,23 @@ func (s *stack) count(sql string, args ...any) int {
 	return n
 }
 
+// column returns the one text column a query selects, row by row.
+func (s *stack) column(sql string, args ...any) []string {
+	s.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, s.dbURL)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, _ := conn.Query(ctx, sql, args...)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		s.t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
 func (s *stack) redemptions() int { return s.count("SELECT count(*) FROM redemptions") }
 
 // logLines returns pstd's JSON log lines that contain every one of substrs.
