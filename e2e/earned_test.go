@@ -91,6 +91,53 @@ func TestIssuanceMustBeEarned(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "no issuance policy") {
 		t.Fatalf("pstd on 0.0.0.0 without a policy: %v\n%s", err, out)
 	}
+
+	// With PSTD_OPEN_ISSUANCE it starts, issues to anyone, and says so.
+	var env []string
+	for _, kv := range s.env {
+		if !strings.HasPrefix(kv, "PSTD_LISTEN=") && !strings.HasPrefix(kv, "PSTD_ISSUANCE_TICKET_KEY_FILE=") {
+			env = append(env, kv)
+		}
+	}
+	_, port, _ := strings.Cut(s.listen, ":")
+	s.env = append(env, "PSTD_LISTEN=0.0.0.0:"+port, "PSTD_OPEN_ISSUANCE=true")
+	s.start()
+	if o := issue(""); o.status != http.StatusOK {
+		t.Fatalf("open issuance: %+v", o)
+	}
+	if len(s.logLines("WARN", "PSTD_OPEN_ISSUANCE")) != 1 {
+		t.Fatalf("no warning about open issuance at start:\n%s", s.logs.String())
+	}
+}
+
+// TestRedemptionMaxRate: PSTD_REDEEM_MAX_RATE caps redemptions over all
+// clients of a replica; the excess is refused (429) before any signature or
+// database write, so the redemptions table holds exactly the ones allowed.
+func TestRedemptionMaxRate(t *testing.T) {
+	s := prepareStack(t, testenv.NewDatabase(t), testenv.NewToken(t))
+	s.env = append(s.env, "PSTD_REDEEM_MAX_RATE=3")
+	s.start()
+	toks := s.issueTokens(10)
+	ok, limited := 0, 0
+	start := time.Now()
+	for _, tok := range toks {
+		switch o := s.redeemToken(tok); {
+		case o.status == http.StatusOK:
+			ok++
+		case o.status == http.StatusTooManyRequests && o.problem == httpapi.ProblemTypePrefix+"rate-limited":
+			limited++
+		default:
+			t.Fatalf("redemption: %+v", o)
+		}
+	}
+	elapsed := time.Since(start)
+	t.Logf("%d redeemed, %d refused in %s", ok, limited, elapsed.Round(time.Millisecond))
+	if limited == 0 || ok > 3+int(3*elapsed.Seconds())+1 {
+		t.Fatalf("%d redeemed and %d refused in %s at 3 a second", ok, limited, elapsed)
+	}
+	if n := s.redemptions(); n != ok {
+		t.Fatalf("%d redemptions stored for %d allowed", n, ok)
+	}
 }
 
 // TestIssuanceWebhook: the real pstd asks the operator's webhook before
