@@ -479,9 +479,9 @@ func runFailover(t *testing.T, c *haCluster, wantSync bool) *haFigures {
 	// failover's.
 	a.env = append(a.env, "PSTD_RATE_LIMIT=0")
 	b := &stack{t: t, dbURL: dbURL, origin: a.origin}
-	b.listen = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	b.listen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	b.env = append(append([]string{}, a.env...), "PSTD_LISTEN="+b.listen,
-		fmt.Sprintf("PSTD_DEMO_RP_LISTEN=127.0.0.1:%d", freePort(t))) // each replica its own demo listener
+		fmt.Sprintf("PSTD_DEMO_RP_LISTEN=127.0.0.1:%d", testenv.FreePort(t))) // each replica its own demo listener
 	a.start()
 	b.start()
 	replicas := []*stack{a, b}

@@ -67,7 +67,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 func TestProductionListeners(t *testing.T) {
 	s := prepareStack(t, testenv.NewDatabase(t), testenv.NewToken(t))
 	certFile, keyFile, pool := selfSigned(t, t.TempDir())
-	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	port := strings.TrimPrefix(s.listen, "127.0.0.1:")
 	s.env = append(s.env, "PSTD_TLS_CERT="+certFile, "PSTD_TLS_KEY="+keyFile, "PSTD_ADMIN_LISTEN="+adminAddr,
 		"PSTD_SHUTDOWN_DELAY=3s", "PSTD_ISSUER_ORIGIN=https://localhost:"+port)

@@ -43,7 +43,7 @@ func TestReplicasStartTogetherOnFreshToken(t *testing.T) {
 	const replicas = 4
 	stacks := make([]*stack, replicas)
 	for i := range stacks {
-		port := freePort(t)
+		port := testenv.FreePort(t)
 		stacks[i] = &stack{t: t, dbURL: dbURL, listen: fmt.Sprintf("127.0.0.1:%d", port),
 			env: append(append([]string{}, base.env...), fmt.Sprintf("PSTD_LISTEN=127.0.0.1:%d", port))}
 	}

@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -86,16 +85,6 @@ func mustPodman(t *testing.T, args ...string) string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // chownTree gives path and everything below it to the image's user, so
@@ -216,7 +205,7 @@ func TestImage(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	origin := fmt.Sprintf("http://localhost:%d", port)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	softhsmDir := filepath.Dir(tok.Conf)

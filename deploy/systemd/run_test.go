@@ -9,7 +9,6 @@ package systemd_test
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -62,16 +61,6 @@ func (c *ctr) write(path, mode string, body []byte) {
 		fmt.Sprintf("mkdir -p %q && cat >%q && chmod %s %q", filepath.Dir(path), path, mode, path)); err != nil {
 		c.t.Fatal(err)
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // rootMaxAge bounds how long a cached Debian root is reused.
@@ -232,7 +221,7 @@ func TestUnitsRunUnderSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	origin := fmt.Sprintf("http://localhost:%d", port)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	c.write("/etc/pstd/softhsm2.conf", "0644", []byte("directories.tokendir = /var/lib/pstd/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"))

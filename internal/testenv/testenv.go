@@ -299,7 +299,7 @@ func NewCluster(t testing.TB) *Cluster {
 		_ = os.RemoveAll(dir)
 	})
 	for attempt := 0; ; attempt++ {
-		c.port = freePort(t)
+		c.port = FreePort(t)
 		err := c.run("start", strconv.Itoa(c.port), "--throwaway")
 		if err == nil {
 			break
@@ -346,7 +346,8 @@ func (c *Cluster) run(args ...string) error {
 	return nil
 }
 
-func freePort(t testing.TB) int {
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
