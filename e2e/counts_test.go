@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -14,8 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pstd/pstd/httpapi"
 	"github.com/pstd/pstd/internal/testenv"
@@ -236,32 +233,10 @@ func TestNothingStoredLinksIssuanceToRedemption(t *testing.T) {
 		add(tok.W[1:33]) // a prefix of the point's x coordinate
 	}
 
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, s.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	var dump strings.Builder
-	for _, tbl := range tables {
-		rows, err := conn.Query(ctx, `SELECT row_to_json(t)::text FROM `+tbl+` t`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range lines {
+	for _, tbl := range s.column(`SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'`) {
+		for _, l := range s.column(`SELECT row_to_json(t)::text FROM ` + tbl + ` t`) {
 			dump.WriteString(strings.ToLower(l))
 			dump.WriteByte('\n')
 		}
@@ -282,9 +257,8 @@ func TestNothingStoredLinksIssuanceToRedemption(t *testing.T) {
 			t.Errorf("pstd's log holds client material from issuance or redemption (%.16s…)", sec)
 		}
 	}
-	var fine int
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM issuance_counts
-		WHERE extract(epoch FROM bucket_start)::bigint % 60 <> 0 OR bucket_end - bucket_start < interval '1 minute'`).Scan(&fine); err != nil || fine != 0 {
-		t.Errorf("%d issuance counts finer than a minute (%v)", fine, err)
+	if fine := s.count(`SELECT count(*) FROM issuance_counts
+		WHERE extract(epoch FROM bucket_start)::bigint % 60 <> 0 OR bucket_end - bucket_start < interval '1 minute'`); fine != 0 {
+		t.Errorf("%d issuance counts finer than a minute", fine)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -81,16 +80,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func requireChromium(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
@@ -125,7 +114,7 @@ func prepareStack(t *testing.T, dbURL string, tok testenv.Token) *stack {
 	if err := os.WriteFile(pinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port, rpPort := freePort(t), freePort(t)
+	port, rpPort := testenv.FreePort(t), testenv.FreePort(t)
 	s := &stack{
 		t:      t,
 		dbURL:  dbURL,
@@ -225,8 +214,8 @@ func (s *stack) stop() {
 	s.cmd = nil
 }
 
-// query runs a single-value SQL query against the stack's database.
-func (s *stack) count(sql string, args ...any) int {
+// withConn runs fn on a connection to the stack's database as its owner.
+func (s *stack) withConn(fn func(ctx context.Context, conn *pgx.Conn)) {
 	s.t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, s.dbURL)
@@ -234,27 +223,30 @@ func (s *stack) count(sql string, args ...any) int {
 		s.t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
-		s.t.Fatalf("%s: %v", sql, err)
-	}
+	fn(ctx, conn)
+}
+
+// count runs a single-value SQL query against the stack's database.
+func (s *stack) count(sql string, args ...any) (n int) {
+	s.t.Helper()
+	s.withConn(func(ctx context.Context, conn *pgx.Conn) {
+		if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+			s.t.Fatalf("%s: %v", sql, err)
+		}
+	})
 	return n
 }
 
 // column returns the one text column a query selects, row by row.
-func (s *stack) column(sql string, args ...any) []string {
+func (s *stack) column(sql string, args ...any) (out []string) {
 	s.t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, s.dbURL)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, sql, args...)
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		s.t.Fatalf("%s: %v", sql, err)
-	}
+	s.withConn(func(ctx context.Context, conn *pgx.Conn) {
+		rows, _ := conn.Query(ctx, sql, args...)
+		var err error
+		if out, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			s.t.Fatalf("%s: %v", sql, err)
+		}
+	})
 	return out
 }
 

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
 	"github.com/pstd/pstd/internal/testenv"
 )
 
@@ -20,18 +19,14 @@ import (
 // insider with database rights can.
 func (s *stack) asOwner(sql string, args ...any) {
 	s.t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, s.dbURL)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
-		s.t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		s.t.Fatalf("%s: %v", sql, err)
-	}
+	s.withConn(func(ctx context.Context, conn *pgx.Conn) {
+		if _, err := conn.Exec(ctx, `SET session_replication_role = replica`); err != nil {
+			s.t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, sql, args...); err != nil {
+			s.t.Fatalf("%s: %v", sql, err)
+		}
+	})
 }
 
 // waitRefusal waits until the replica is not ready with detail naming what.
