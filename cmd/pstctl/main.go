@@ -37,11 +37,7 @@ func main() {
 	// leave the kernel's copy of the environment (a re-execution), and the
 	// process stops being dumpable (pstctl holds the PIN and, for keys
 	// init/rotate/import, a plaintext scalar).
-	if err := wiring.ScrubEnvironment(); err != nil {
-		fmt.Fprintln(os.Stderr, "pstctl:", err)
-		os.Exit(1)
-	}
-	if err := wiring.Protect(); err != nil {
+	if err := wiring.SecureProcess(); err != nil {
 		fmt.Fprintln(os.Stderr, "pstctl:", err)
 		os.Exit(1)
 	}

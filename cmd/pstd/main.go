@@ -41,11 +41,7 @@ import (
 func main() {
 	// Before anything else: secrets leave the kernel's copy of the
 	// environment (a re-execution), and the process stops being dumpable.
-	if err := wiring.ScrubEnvironment(); err != nil {
-		fmt.Fprintln(os.Stderr, "pstd:", err)
-		os.Exit(1)
-	}
-	if err := wiring.Protect(); err != nil {
+	if err := wiring.SecureProcess(); err != nil {
 		fmt.Fprintln(os.Stderr, "pstd:", err)
 		os.Exit(1)
 	}

@@ -33,7 +33,7 @@ import (
 // /proc/PID/environ never held them. The PIN does not go into the
 // runtime's environment either but into protected memory (restoreSecrets).
 //
-// Protect also stops the kernel writing a core dump of the process
+// SecureProcess also stops the kernel writing a core dump of the process
 // (PR_SET_DUMPABLE 0, which also stops other processes of the same user
 // attaching with ptrace or reading /proc/PID/mem, and a soft RLIMIT_CORE of
 // 0), unless --allow-core-dumps re-enables them for debugging.
@@ -60,12 +60,22 @@ func isSecretVariable(name string) bool {
 	return false
 }
 
-// ScrubEnvironment is the first thing a binary's main does. In a process
+// SecureProcess is the first thing a binary's main does: scrubEnvironment,
+// then protect. A binary that holds the PIN or a key (pstd, pstctl) exits
+// when it fails.
+func SecureProcess() error {
+	if err := scrubEnvironment(); err != nil {
+		return err
+	}
+	return protect()
+}
+
+// scrubEnvironment is the first step of SecureProcess. In a process
 // whose environment holds SecretVariables it re-executes the binary without
 // them (it does not return then, unless the re-execution fails); in the
 // re-executed image it restores them into the runtime's environment only.
 // Elsewhere it does nothing.
-func ScrubEnvironment() error {
+func scrubEnvironment() error {
 	if v, ok := os.LookupEnv(secretsFDVar); ok {
 		_ = os.Unsetenv(secretsFDVar)
 		return restoreSecrets(v)
@@ -196,11 +206,11 @@ func wipeBuffer(b *bytes.Buffer) {
 // coreLimit is RLIMIT_CORE as the process found it, for AllowCoreDumps.
 var coreLimit unix.Rlimit
 
-// Protect makes the process non-dumpable and sets its soft core-size limit
+// protect makes the process non-dumpable and sets its soft core-size limit
 // to 0, so a crash writes no core holding keys or the PIN and no process of
-// the same user can read its memory. Call it at the start of main; call
-// AllowCoreDumps afterwards to undo it for debugging.
-func Protect() error {
+// the same user can read its memory (the second step of SecureProcess);
+// AllowCoreDumps undoes it for debugging.
+func protect() error {
 	if err := unix.Getrlimit(unix.RLIMIT_CORE, &coreLimit); err != nil {
 		return fmt.Errorf("RLIMIT_CORE: %w", err)
 	}
@@ -215,7 +225,7 @@ func Protect() error {
 	return nil
 }
 
-// AllowCoreDumps undoes Protect (--allow-core-dumps): the process is
+// AllowCoreDumps undoes protect (--allow-core-dumps): the process is
 // dumpable again with the core-size limit it started with. A core then
 // holds the database password and requests in flight; the PIN and the
 // VOPRF scalars stay in memory the kernel leaves out of dumps (secmem).

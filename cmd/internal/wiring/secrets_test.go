@@ -80,7 +80,7 @@ func TestRestoreSecretsFromMemfd(t *testing.T) {
 	}
 }
 
-// Without secret variables, ScrubEnvironment does nothing (it returns).
+// Without secret variables, scrubEnvironment does nothing (it returns).
 func TestScrubEnvironmentWithoutSecrets(t *testing.T) {
 	for _, v := range SecretVariables {
 		if val, ok := os.LookupEnv(v); ok {
@@ -88,7 +88,7 @@ func TestScrubEnvironmentWithoutSecrets(t *testing.T) {
 			os.Unsetenv(v)
 		}
 	}
-	if err := ScrubEnvironment(); err != nil {
+	if err := scrubEnvironment(); err != nil {
 		t.Fatal(err)
 	}
 }

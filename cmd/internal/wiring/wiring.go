@@ -49,7 +49,7 @@ func (s *Settings) HSMConfig(log *slog.Logger) (hsm.Config, error) {
 	// Whatever happens below, the settings and Go's copy of the environment
 	// (what child processes inherit) keep no copy of the PIN. The
 	// environment block the kernel shows in /proc/PID/environ never held it
-	// when the binary called ScrubEnvironment first (see secrets.go).
+	// when the binary called SecureProcess first (see secrets.go).
 	defer func() {
 		s.PKCS11PIN = ""
 		_ = os.Unsetenv("PSTD_PKCS11_PIN")
