@@ -45,8 +45,7 @@ var ErrTooLarge = errors.New("secmem: secret larger than 4096 bytes")
 var pool struct {
 	sync.Mutex
 	free  [len(slotSizes)][][]byte // zeroed slots, each cap == its size
-	pages map[uintptr]bool         // every page mapped, by address
-	inUse map[uintptr]bool         // every slot handed out, by address
+	inUse map[uintptr]int          // every slot handed out: address → size class
 }
 
 var unlocked atomic.Int64
@@ -72,10 +71,6 @@ func New(n int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if pool.pages == nil {
-			pool.pages = map[uintptr]bool{}
-		}
-		pool.pages[uintptr(unsafe.Pointer(&page[0]))] = true
 		size := slotSizes[class]
 		for off := 0; off+size <= len(page); off += size {
 			pool.free[class] = append(pool.free[class], page[off:off+size:off+size])
@@ -85,9 +80,9 @@ func New(n int) ([]byte, error) {
 	slot := pool.free[class][last]
 	pool.free[class] = pool.free[class][:last]
 	if pool.inUse == nil {
-		pool.inUse = map[uintptr]bool{}
+		pool.inUse = map[uintptr]int{}
 	}
-	pool.inUse[uintptr(unsafe.Pointer(&slot[0]))] = true
+	pool.inUse[uintptr(unsafe.Pointer(&slot[0]))] = class
 	return slot[:n], nil
 }
 
@@ -102,15 +97,13 @@ func Free(b []byte) {
 	pool.Lock()
 	defer pool.Unlock()
 	addr := uintptr(unsafe.Pointer(&b[0]))
-	for class, size := range slotSizes {
-		if size == cap(b) && pool.pages[addr&^(pageSize-1)] && pool.inUse[addr] {
-			delete(pool.inUse, addr)
-			clear(b)
-			pool.free[class] = append(pool.free[class], b)
-			return
-		}
+	class, ok := pool.inUse[addr]
+	if !ok || slotSizes[class] != cap(b) {
+		panic("secmem: Free of memory New did not return, or freed twice")
 	}
-	panic("secmem: Free of memory New did not return, or freed twice")
+	delete(pool.inUse, addr)
+	clear(b)
+	pool.free[class] = append(pool.free[class], b)
 }
 
 // Clone copies src into new protected memory.
