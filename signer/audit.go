@@ -192,7 +192,7 @@ func (s *Service) checkpoint(ctx context.Context, force bool, fence *auditlog.Fe
 		// reloads trust: a key the database says is live goes in only if it
 		// passes the same check a reload makes (outside a fence, which
 		// retires every anchored key by a signed event of its own).
-		var anc anchor
+		var anc keysAtAnchor
 		if fence == nil {
 			if anc, err = s.anchoredKeys(ctx); err != nil {
 				return err

@@ -337,24 +337,24 @@ func rowDigest(e db.KeyEpoch) string {
 }
 
 // anchoredKeys returns what the HSM's audit head says of the keys.
-func (s *Service) anchoredKeys(ctx context.Context) (anchor, error) {
+func (s *Service) anchoredKeys(ctx context.Context) (keysAtAnchor, error) {
 	if s.audit.Load() == nil {
-		return anchor{}, nil
+		return keysAtAnchor{}, nil
 	}
 	a, ok, err := s.readAnchor(ctx)
 	if err != nil || !ok {
-		return anchor{}, err
+		return keysAtAnchor{}, err
 	}
 	c, _, err := a.Open()
 	if err != nil {
-		return anchor{}, err
+		return keysAtAnchor{}, err
 	}
-	return anchor{live: c.LiveKeys, seq: c.AuditSeq, ok: true}, nil
+	return keysAtAnchor{live: c.LiveKeys, seq: c.AuditSeq, ok: true}, nil
 }
 
-// anchor is what the HSM's audit head says of the keys: those live at it,
+// keysAtAnchor is what the HSM's audit head says of the keys: those live at it,
 // and the event it covers. ok is false before the first checkpoint.
-type anchor struct {
+type keysAtAnchor struct {
 	live []uint32
 	seq  int64
 	ok   bool
@@ -366,7 +366,7 @@ type anchor struct {
 // it. Both reload (before serving the key) and checkpoint (before signing
 // it into a new head) ask, so a retirement undone in the database can
 // neither be served nor be made legitimate by the next checkpoint.
-func (s *Service) trustLive(ctx context.Context, keyID uint32, a anchor) error {
+func (s *Service) trustLive(ctx context.Context, keyID uint32, a keysAtAnchor) error {
 	if a.ok && !slices.Contains(a.live, keyID) {
 		ok, err := s.store.SignedKeyEvent(ctx, db.ActionKeyCreate, keyID, a.seq)
 		if err != nil {
